@@ -1,0 +1,1 @@
+"""Domain code shared by the streamer, the Lambda functions and the local stack."""

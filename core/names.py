@@ -1,0 +1,46 @@
+"""Every Redis key and channel the system uses, in one place.
+
+Seed-compatible (an existing consumer of the Rails system's Redis keeps working):
+  ltp:{SEGMENT}:{SECURITY_ID}   price as a plain decimal string, TTL 30 s
+  live_ltp_updates              Pub/Sub channel of update messages (core.messages)
+  market_stream:heartbeat       streamer status JSON, TTL 60 s
+  websocket_stream:{NAME}       a named stream's keys JSON, TTL 1 h
+
+Project's own:
+  market_stream:lease           single-writer lease: the streamer instance id holding it
+  market_stream:control         Pub/Sub channel: API -> running streamer ("streams changed")
+  dhan:rest:ratelimit           the deployment-wide 1 call/s limiter for DhanHQ REST
+"""
+
+from __future__ import annotations
+
+from core.instruments import InstrumentKey
+
+LTP_PREFIX = "ltp:"
+LTP_TTL_SECONDS = 30
+
+LIVE_LTP_CHANNEL = "live_ltp_updates"
+
+HEARTBEAT_KEY = "market_stream:heartbeat"
+HEARTBEAT_TTL_SECONDS = 60
+
+STREAM_PREFIX = "websocket_stream:"
+STREAM_PATTERN = STREAM_PREFIX + "*"
+STREAM_TTL_SECONDS = 3600
+
+STREAMER_LEASE_KEY = "market_stream:lease"
+CONTROL_CHANNEL = "market_stream:control"
+
+DHAN_REST_RATELIMIT_KEY = "dhan:rest:ratelimit"
+
+
+def ltp_key(key: InstrumentKey | str) -> str:
+    return f"{LTP_PREFIX}{key}"
+
+
+def stream_key(name: str) -> str:
+    return f"{STREAM_PREFIX}{name}"
+
+
+def stream_name(redis_key: str) -> str:
+    return redis_key[len(STREAM_PREFIX) :]

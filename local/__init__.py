@@ -1,0 +1,1 @@
+"""What stands in for AWS and DhanHQ on a laptop. Production code never imports this package."""

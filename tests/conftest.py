@@ -1,0 +1,48 @@
+"""Shared fixtures: a real Redis (reachable, else private, else embedded), isolated per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlparse, urlunparse
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from local.redis_server import RedisHandle, redis_for_local_use
+
+# Tests own one logical database and flush it around each test; the default 0 stays untouched.
+TEST_DB = int(os.environ.get("LTP_TEST_REDIS_DB", "13"))
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisHandle]:
+    with redis_for_local_use(os.environ.get("REDIS_URL") or None) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisHandle) -> str:
+    parsed = urlparse(redis_server.url)
+    return urlunparse(parsed._replace(path=f"/{TEST_DB}"))
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+async def aredis(redis_url: str, redis_client: redis.Redis) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
