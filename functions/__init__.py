@@ -1,0 +1,1 @@
+"""Lambda entry points: api (FastAPI + Mangum), ws, fanout, schedule."""

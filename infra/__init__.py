@@ -1,0 +1,1 @@
+"""The CDK app: one construct per unit and a stack composing them."""
