@@ -33,13 +33,13 @@ class Env:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
 
-    def str(self, name: str, default: str = "") -> str:
+    def text(self, name: str, default: str = "") -> str:
         return self._environ.get(name, default).strip() or default
 
     def secret(self, name: str) -> Secret:
         return Secret(self._environ.get(name, "").strip())
 
-    def int(self, name: str, default: int, *, minimum: int | None = None) -> int:
+    def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
         raw = self._environ.get(name, "").strip()
         if not raw:
             return default
@@ -51,7 +51,7 @@ class Env:
             raise ConfigError(f"{name} must be >= {minimum}, got {value}")
         return value
 
-    def float(self, name: str, default: float, *, minimum: float | None = None) -> float:
+    def number(self, name: str, default: float, *, minimum: float | None = None) -> float:
         raw = self._environ.get(name, "").strip()
         if not raw:
             return default
@@ -63,7 +63,7 @@ class Env:
             raise ConfigError(f"{name} must be >= {minimum}, got {value}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         raw = self._environ.get(name, "").strip().lower()
         if not raw:
             return default
@@ -74,7 +74,7 @@ class Env:
         raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.str(name, default).lower()
+        value = self.text(name, default).lower()
         if value not in choices:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return value
