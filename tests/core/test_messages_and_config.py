@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import struct
-
 from datetime import datetime
 
 import pytest
