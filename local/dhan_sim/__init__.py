@@ -1,0 +1,10 @@
+"""A DhanHQ v2 stand-in for tests, benchmarks and the local run.
+
+- `packets`: encoders for every v2 binary packet (the inverse of `streamer.decoder`).
+- `prices`: the shared price book (seeded random walk) that feed and REST both answer from.
+- `protocol`: pure request parsing/validation and per-connection subscription state.
+- `feed`: `FeedSimulator`, the WebSocket server (v2 query-string auth, JSON requests, binary
+  packets, fault injection); `threaded` runs it on its own loop in a thread.
+- `rest`: `RestStandIn`, `POST /v2/marketfeed/ltp|ohlc|quote` with Dhan's limits and errors.
+- `cli`: the `ltp-sim` console script (feed + REST over one price book).
+"""
