@@ -10,6 +10,10 @@ Project's own:
   market_stream:lease           single-writer lease: the streamer instance id holding it
   market_stream:control         Pub/Sub channel: API -> running streamer ("streams changed")
   dhan:rest:ratelimit           the deployment-wide 1 call/s limiter for DhanHQ REST
+  instruments:symbols           hash: instrument key (NSE_EQ:2885) -> trading symbol (RELIANCE)
+  instruments:names             hash: instrument key -> display name (Reliance Industries)
+  instruments:by_symbol         hash: SEGMENT:SYMBOL (NSE_EQ:RELIANCE) -> instrument key
+  instruments:meta              hash: where the loaded master came from, when, row count
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ STREAMER_LEASE_KEY = "market_stream:lease"
 CONTROL_CHANNEL = "market_stream:control"
 
 DHAN_REST_RATELIMIT_KEY = "dhan:rest:ratelimit"
+
+# Instrument master (core.instrument_master): no TTL, replaced whole on each load.
+INSTRUMENT_SYMBOLS_KEY = "instruments:symbols"
+INSTRUMENT_NAMES_KEY = "instruments:names"
+INSTRUMENT_BY_SYMBOL_KEY = "instruments:by_symbol"
+INSTRUMENT_META_KEY = "instruments:meta"
 
 
 def ltp_key(key: InstrumentKey | str) -> str:
