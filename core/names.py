@@ -37,6 +37,16 @@ CONTROL_CHANNEL = "market_stream:control"
 
 DHAN_REST_RATELIMIT_KEY = "dhan:rest:ratelimit"
 
+WS_CONNECTIONS_KEY = "ws:connections"
+WS_SHARDS_KEY = "ws:shards"
+WS_PENDING_SHARDS_KEY = "ws:pending_shards"
+WS_LATEST_KEY = "ws:latest"
+WS_LATEST_TTL_SECONDS = 30
+# API Gateway closes every WebSocket after 2 h; the margin lets a sweep still read what an
+# expired connection had subscribed to (to drop its refcounts) before the data itself expires.
+WS_MAX_CONNECTION_SECONDS = 2 * 3600
+WS_EXPIRY_MARGIN_SECONDS = 3600
+
 # Instrument master (core.instrument_master): no TTL, replaced whole on each load.
 INSTRUMENT_SYMBOLS_KEY = "instruments:symbols"
 INSTRUMENT_NAMES_KEY = "instruments:names"
@@ -54,3 +64,27 @@ def stream_key(name: str) -> str:
 
 def stream_name(redis_key: str) -> str:
     return redis_key[len(STREAM_PREFIX) :]
+
+
+def ws_shard_key(shard: int) -> str:
+    return f"ws:shard:{shard}"
+
+
+def ws_shard_refs_key(shard: int) -> str:
+    return f"ws:shard:{shard}:refs"
+
+
+def ws_conn_key(connection_id: str) -> str:
+    return f"ws:conn:{connection_id}"
+
+
+def ws_conn_keys_key(connection_id: str) -> str:
+    return f"ws:conn:{connection_id}:keys"
+
+
+def ws_conn_sent_key(connection_id: str) -> str:
+    return f"ws:conn:{connection_id}:sent"
+
+
+def ws_conn_pending_key(connection_id: str) -> str:
+    return f"ws:conn:{connection_id}:pending"
