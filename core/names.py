@@ -10,6 +10,7 @@ Project's own:
   market_stream:lease           single-writer lease: the streamer instance id holding it
   market_stream:control         Pub/Sub channel: API -> running streamer ("streams changed")
   dhan:rest:ratelimit           the deployment-wide 1 call/s limiter for DhanHQ REST
+  market_stream:registry_lock   short lock around start/stop's read-check-write of the streams
   instruments:symbols           hash: instrument key (NSE_EQ:2885) -> trading symbol (RELIANCE)
   instruments:names             hash: instrument key -> display name (Reliance Industries)
   instruments:by_symbol         hash: SEGMENT:SYMBOL (NSE_EQ:RELIANCE) -> instrument key
@@ -36,6 +37,8 @@ STREAMER_LEASE_KEY = "market_stream:lease"
 CONTROL_CHANNEL = "market_stream:control"
 
 DHAN_REST_RATELIMIT_KEY = "dhan:rest:ratelimit"
+# Not under STREAM_PREFIX on purpose: a SCAN of websocket_stream:* must see only streams.
+STREAM_REGISTRY_LOCK_KEY = "market_stream:registry_lock"
 
 WS_CONNECTIONS_KEY = "ws:connections"
 WS_SHARDS_KEY = "ws:shards"
