@@ -3,7 +3,8 @@
 CoreError
  +-- ConfigError          the environment is missing or has a bad value (fail fast at start)
  +-- InvalidKeyError      one instrument key is malformed
-      +-- InvalidKeysError  several keys were checked; names every bad one
+ |    +-- InvalidKeysError  several keys were checked; names every bad one
+ +-- InstrumentMasterError  a scrip-master CSV cannot be read (missing file, HTTP error, bad header)
 """
 
 from __future__ import annotations
@@ -35,3 +36,7 @@ class InvalidKeysError(InvalidKeyError):
         CoreError.__init__(self, f"invalid instrument keys: {detail}")
         first = next(iter(self.problems.items()), ("", ""))
         self.key, self.reason = first
+
+
+class InstrumentMasterError(CoreError):
+    """The instrument master (Dhan's scrip-master CSV) cannot be read or is not in its format."""
