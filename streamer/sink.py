@@ -1,0 +1,145 @@
+"""Coalesced prices -> Redis, in batches, surviving Redis outages.
+
+Every `interval` the sink drains the coalescer and writes one pipeline (no transaction):
+`SET ltp:SEG:ID <price> EX 30` per key and one `PUBLISH live_ltp_updates` carrying the batch
+(core.messages.batch_update). While Redis is unreachable the batch is not lost: it is kept in a
+buffer holding at most one (the newest) update per key, newer drains overwrite it, attempts are
+spaced by backoff, and everything goes out in the first successful flush. The buffer is bounded
+(`buffer_max` keys, oldest dropped first and counted). Nothing here blocks the event loop: the
+Redis client is asyncio, and a huge backlog is written in chunks of `max_batch` keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from itertools import islice
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from core.messages import Update, batch_update, dumps, format_price
+from core.names import LIVE_LTP_CHANNEL, LTP_PREFIX, LTP_TTL_SECONDS
+from streamer.backoff import Backoff
+from streamer.coalescer import Coalescer
+
+log = logging.getLogger(__name__)
+
+
+class RedisSink:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        coalescer: Coalescer,
+        interval: float = 0.005,
+        ttl: int = LTP_TTL_SECONDS,
+        buffer_max: int = 50_000,
+        max_batch: int = 5_000,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = redis
+        self._coalescer = coalescer
+        self.interval = interval
+        self._ttl = ttl
+        self._buffer_max = buffer_max
+        self._max_batch = max_batch
+        self._backoff = backoff or Backoff(base=0.1, cap=5.0)
+        self._clock = clock
+        self._buffer: dict[str, Update] = {}  # failed updates, newest per key, insertion order
+        self._retry_at = 0.0
+        self.flushes = 0
+        self.written = 0  # keys SET
+        self.published = 0  # batch messages published
+        self.errors = 0
+        self.dropped = 0  # buffered updates discarded because the buffer was full
+        self.last_error: str | None = None
+        self.healthy = True
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "buffered": self.buffered,
+            "written": self.written,
+            "published": self.published,
+            "errors": self.errors,
+            "dropped": self.dropped,
+            "last_error": self.last_error,
+        }
+
+    async def run(self) -> None:
+        """Flush forever (until cancelled); a failed flush waits its backoff before the next."""
+        sleep = asyncio.sleep
+        while True:
+            if self._clock() >= self._retry_at:
+                await self.flush()
+            await sleep(self.interval)
+
+    async def flush(self) -> bool:
+        """Write everything pending; True when nothing is left behind."""
+        updates = self._coalescer.drain()
+        if self._buffer:
+            buffer = self._buffer
+            for update in updates:
+                buffer[update["key"]] = update
+            batch = list(buffer.values())
+            self._buffer = {}
+        else:
+            batch = updates
+        if not batch:
+            return True
+        done = 0
+        try:
+            for start in range(0, len(batch), self._max_batch):
+                chunk = batch[start : start + self._max_batch]
+                await self._write(chunk)
+                done = start + len(chunk)
+        except (RedisError, OSError) as exc:
+            self._failed(batch[done:], exc)
+            return False
+        self.flushes += 1
+        if not self.healthy:
+            log.info("redis is back; wrote %d buffered keys", len(batch))
+        self.healthy = True
+        self._backoff.reset()
+        self._retry_at = 0.0
+        return True
+
+    async def _write(self, chunk: list[Update]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        ttl = self._ttl
+        prefix = LTP_PREFIX
+        for update in chunk:
+            pipe.set(prefix + update["key"], format_price(update["ltp"]), ex=ttl)
+        pipe.publish(LIVE_LTP_CHANNEL, dumps(batch_update(chunk)))
+        results = await pipe.execute()
+        if not all(results[:-1]):
+            raise RedisError(f"{results[:-1].count(False)} SETs not applied")
+        self.written += len(chunk)
+        self.published += 1
+
+    def _failed(self, left: list[Update], exc: BaseException) -> None:
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        # Only `flush` drains the coalescer, so `left` holds the newest update of each of its
+        # keys; ticks arriving meanwhile wait in the coalescer and overwrite these next time.
+        self._buffer = {u["key"]: u for u in left}
+        excess = len(self._buffer) - self._buffer_max
+        if excess > 0:
+            for key in list(islice(self._buffer, excess)):
+                del self._buffer[key]
+            self.dropped += excess
+        delay = self._backoff.next_delay()
+        self._retry_at = self._clock() + delay
+        if self.healthy:
+            log.warning("redis write failed (%s); buffering %d keys, retrying",
+                        self.last_error, len(self._buffer))
+        self.healthy = False
