@@ -1,0 +1,110 @@
+"""Settings of every Lambda function, read once from the environment through `core.config.Env`.
+
+Nothing else under `functions/` reads `os.environ`. Secrets are `core.config.Secret` (masked in
+any repr or log line); in AWS they are named by an ARN and resolved by `functions.secrets`.
+
+| variable | default | meaning |
+|---|---|---|
+| REDIS_URL | redis://127.0.0.1:6379/0 | cache, pub/sub and registry |
+| REDIS_SOCKET_TIMEOUT | 1.0 | seconds per Redis command before giving up (then 503) |
+| REDIS_CONNECT_TIMEOUT | 1.0 | seconds to open a Redis connection |
+| DHAN_CLIENT_ID, DHAN_ACCESS_TOKEN | "" | DhanHQ credentials (local run) |
+| DHAN_SECRET_ARN | "" | Secrets Manager secret holding both (AWS) |
+| DHAN_API_BASE_URL | https://api.dhan.co/v2 | REST base (the simulator's stand-in locally) |
+| DHAN_REST_TIMEOUT_SECONDS | 2.0 | HTTP timeout of one DhanHQ REST call |
+| DHAN_REST_BUDGET_SECONDS | 2.5 | all REST fallback work of one request, waits included |
+| DHAN_REST_MIN_INTERVAL_SECONDS | 1.0 | deployment-wide spacing of REST calls (Dhan: 1/s) |
+| DHANHQ_WS_MODE | quote | default mode of a stream started without one |
+| ADMIN_API_KEY / ADMIN_SECRET_ARN | "" | when set, start/stop need `Authorization: Bearer` |
+| WS_TOKEN_SECRET / WS_TOKEN_SECRET_ARN | "" | signing key of WebSocket connect tokens |
+| STREAMER_CLUSTER, STREAMER_SERVICE | "" | the ECS service start/stop scale (unset locally) |
+| WEBSOCKET_CALLBACK_URL | "" | the `@connections` endpoint of the WebSocket API |
+| SECRETS_CACHE_SECONDS | 300 | how long a resolved secret is reused |
+| HEARTBEAT_STALE_SECONDS | 45 | heartbeat age beyond which the stream is "stale" |
+| POWERTOOLS_METRICS_NAMESPACE | LtpStream | CloudWatch namespace of the EMF metrics |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from core.config import (
+    DEFAULT_API_BASE_URL,
+    DEFAULT_REDIS_URL,
+    WS_MODES,
+    Env,
+    Secret,
+)
+from core.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str = DEFAULT_REDIS_URL
+    redis_socket_timeout: float = 1.0
+    redis_connect_timeout: float = 1.0
+
+    dhan_client_id: str = ""
+    dhan_access_token: Secret = Secret("")
+    dhan_secret_arn: str = ""
+    dhan_api_base_url: str = DEFAULT_API_BASE_URL
+    dhan_rest_timeout: float = 2.0
+    dhan_rest_budget: float = 2.5
+    dhan_rest_min_interval: float = 1.0
+    ws_mode: str = "quote"
+
+    admin_api_key: Secret = Secret("")
+    admin_secret_arn: str = ""
+    ws_token_secret: Secret = Secret("")
+    ws_token_secret_arn: str = ""
+
+    streamer_cluster: str = ""
+    streamer_service: str = ""
+    websocket_callback_url: str = ""
+
+    secrets_cache_seconds: float = 300.0
+    heartbeat_stale_seconds: float = 45.0
+    metrics_namespace: str = "LtpStream"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = Env(environ)
+        settings = cls(
+            redis_url=env.text("REDIS_URL", DEFAULT_REDIS_URL),
+            redis_socket_timeout=env.number("REDIS_SOCKET_TIMEOUT", 1.0, minimum=0.05),
+            redis_connect_timeout=env.number("REDIS_CONNECT_TIMEOUT", 1.0, minimum=0.05),
+            dhan_client_id=env.text("DHAN_CLIENT_ID"),
+            dhan_access_token=env.secret("DHAN_ACCESS_TOKEN"),
+            dhan_secret_arn=env.text("DHAN_SECRET_ARN"),
+            dhan_api_base_url=env.text("DHAN_API_BASE_URL", DEFAULT_API_BASE_URL).rstrip("/"),
+            dhan_rest_timeout=env.number("DHAN_REST_TIMEOUT_SECONDS", 2.0, minimum=0.05),
+            dhan_rest_budget=env.number("DHAN_REST_BUDGET_SECONDS", 2.5, minimum=0.0),
+            dhan_rest_min_interval=env.number(
+                "DHAN_REST_MIN_INTERVAL_SECONDS", 1.0, minimum=0.001
+            ),
+            ws_mode=env.choice("DHANHQ_WS_MODE", "quote", WS_MODES),
+            admin_api_key=env.secret("ADMIN_API_KEY"),
+            admin_secret_arn=env.text("ADMIN_SECRET_ARN"),
+            ws_token_secret=env.secret("WS_TOKEN_SECRET"),
+            ws_token_secret_arn=env.text("WS_TOKEN_SECRET_ARN"),
+            streamer_cluster=env.text("STREAMER_CLUSTER"),
+            streamer_service=env.text("STREAMER_SERVICE"),
+            websocket_callback_url=env.text("WEBSOCKET_CALLBACK_URL"),
+            secrets_cache_seconds=env.number("SECRETS_CACHE_SECONDS", 300.0, minimum=0.0),
+            heartbeat_stale_seconds=env.number("HEARTBEAT_STALE_SECONDS", 45.0, minimum=1.0),
+            metrics_namespace=env.text("POWERTOOLS_METRICS_NAMESPACE", "LtpStream"),
+        )
+        if bool(settings.streamer_cluster) != bool(settings.streamer_service):
+            raise ConfigError("STREAMER_CLUSTER and STREAMER_SERVICE must be set together")
+        if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"REDIS_URL must start with redis://, rediss:// or unix://, got "
+                f"{settings.redis_url.split('://')[0]!r}"
+            )
+        return settings
+
+    @property
+    def streamer_managed(self) -> bool:
+        """True when start/stop scale an ECS service (AWS); False when the local run owns it."""
+        return bool(self.streamer_cluster and self.streamer_service)
