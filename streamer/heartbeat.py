@@ -1,0 +1,116 @@
+"""The streamer's heartbeat: `market_stream:heartbeat`, JSON, TTL 60 s, refreshed every <= 30 s.
+
+Document (the health route and operators read it):
+  time               ISO-8601 UTC of this beat
+  instance_id        the streamer instance (also the lease owner)
+  state              running | idle (no keys) | stopping | stopped
+  mode               ticker | quote | full
+  connected          feed connections currently up
+  connections        per connection: index, state (connecting|connected|backoff|stopped|closed),
+                     instruments, reconnects, last_error, connected_for_s
+  instruments        keys subscribed (placed on a connection)
+  ticks              price packets received since start
+  ticks_per_second   over the last heartbeat interval
+  last_tick_age_s    seconds since the last frame from the feed (null: none yet)
+  errors             counts (feed, redis, decode, stale, invalid_keys, dropped) and last_fatal:
+                     the text of a fatal feed error (806/808/809/810), null when none
+  redis_buffer       keys waiting for Redis (non-zero only while Redis is failing)
+  rejected_keys      how many desired keys did not fit in 5 x 5,000; rejected_sample: some
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from core.messages import dumps, utc_now_iso
+from core.names import HEARTBEAT_KEY, HEARTBEAT_TTL_SECONDS
+
+log = logging.getLogger(__name__)
+
+REJECTED_SAMPLE = 20
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What the service knows right now; the heartbeat turns it into the document."""
+
+    instance_id: str
+    state: str
+    mode: str
+    connections: list[dict[str, Any]] = field(default_factory=list)
+    instruments: int = 0
+    ticks: int = 0
+    last_tick_age: float | None = None
+    errors: dict[str, Any] = field(default_factory=dict)
+    redis_buffer: int = 0
+    rejected: list[str] = field(default_factory=list)
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        snapshot: Callable[[], Snapshot],
+        interval: float = 10.0,
+        ttl: int = HEARTBEAT_TTL_SECONDS,
+        key: str = HEARTBEAT_KEY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if interval > ttl / 2:
+            raise ValueError("the heartbeat must be refreshed at least twice per TTL")
+        self._redis = redis
+        self._snapshot = snapshot
+        self.interval = interval
+        self._ttl = ttl
+        self.key = key
+        self._clock = clock
+        self._last: tuple[float, int] | None = None
+        self.failures = 0
+
+    def document(self, snapshot: Snapshot) -> dict[str, Any]:
+        now = self._clock()
+        rate = 0.0
+        if self._last is not None and now > self._last[0]:
+            rate = (snapshot.ticks - self._last[1]) / (now - self._last[0])
+        self._last = (now, snapshot.ticks)
+        age = snapshot.last_tick_age
+        return {
+            "time": utc_now_iso(),
+            "instance_id": snapshot.instance_id,
+            "state": snapshot.state,
+            "mode": snapshot.mode,
+            "connected": sum(1 for c in snapshot.connections if c.get("state") == "connected"),
+            "connections": snapshot.connections,
+            "instruments": snapshot.instruments,
+            "ticks": snapshot.ticks,
+            "ticks_per_second": round(max(rate, 0.0), 1),
+            "last_tick_age_s": None if age is None else round(age, 3),
+            "errors": snapshot.errors,
+            "redis_buffer": snapshot.redis_buffer,
+            "rejected_keys": len(snapshot.rejected),
+            "rejected_sample": snapshot.rejected[:REJECTED_SAMPLE],
+        }
+
+    async def beat(self) -> bool:
+        document = self.document(self._snapshot())
+        try:
+            await self._redis.set(self.key, dumps(document), ex=self._ttl)
+        except RedisError as exc:
+            self.failures += 1
+            log.warning("heartbeat not written (%s)", exc)
+            return False
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await self.beat()
+            await asyncio.sleep(self.interval)
