@@ -1,0 +1,148 @@
+"""Which keys the streamer should carry: configured keys plus every active named stream.
+
+Desired keys = `--keys` / STREAM_KEYS, then the `keys` list of every `websocket_stream:*`
+(read with SCAN, never KEYS; streams in name order, keys in their listed order, duplicates
+folded). The registry is re-read whenever anything arrives on `core.names.CONTROL_CHANNEL`
+(the API publishes `{"type": "streams_changed", "name": ...}`) and every `refresh` seconds as a
+safety net for a missed message. Invalid keys are logged once and skipped; a stream whose value
+is not JSON is skipped. While Redis is unreachable the last known set stays in force (a Redis
+blip must not unsubscribe everything). Symbols come from the instrument master hash
+(`instruments:symbols`) when it is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from core.errors import InvalidKeyError
+from core.instruments import InstrumentKey, parse_key
+from core.messages import loads
+from core.names import CONTROL_CHANNEL, INSTRUMENT_SYMBOLS_KEY, STREAM_PATTERN
+from streamer.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredKeys:
+    keys: tuple[InstrumentKey, ...]
+    symbols: dict[str, str] = field(default_factory=dict)
+    streams: int = 0
+
+
+def _stream_keys(raw: bytes | str) -> list[Any] | None:
+    try:
+        document = loads(raw)
+    except ValueError:
+        return None
+    items = document.get("keys") if isinstance(document, dict) else document
+    return items if isinstance(items, list) else None
+
+
+class KeySource:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        on_change: Callable[[DesiredKeys], None],
+        static_keys: Sequence[InstrumentKey] = (),
+        refresh: float = 5.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._redis = redis
+        self._on_change = on_change
+        self._static = tuple(dict.fromkeys(static_keys))
+        self.refresh = refresh
+        self._backoff = backoff or Backoff(base=0.2, cap=5.0)
+        self._symbols: dict[str, str | None] = {}  # looked-up symbols, misses included
+        self._reported: set[str] = set()
+        self.current: DesiredKeys | None = None
+        self.invalid = 0
+        self.errors = 0
+        self.reads = 0
+
+    async def read(self) -> DesiredKeys:
+        """One pass over the registry; raises RedisError when Redis cannot answer."""
+        redis = self._redis
+        names = sorted({n async for n in redis.scan_iter(match=STREAM_PATTERN, count=1000)})
+        wanted: dict[InstrumentKey, None] = dict.fromkeys(self._static)
+        streams = 0
+        for start in range(0, len(names), _CHUNK):
+            chunk = names[start : start + _CHUNK]
+            for name, raw in zip(chunk, await redis.mget(chunk), strict=True):
+                if raw is None:
+                    continue  # expired between SCAN and MGET
+                items = _stream_keys(raw)
+                if items is None:
+                    self._report(f"stream {name!r} is not a JSON object with a keys list")
+                    continue
+                streams += 1
+                for text in items:
+                    try:
+                        wanted.setdefault(parse_key(text), None)
+                    except InvalidKeyError as exc:
+                        self.invalid += 1
+                        self._report(f"skipping key in {name!r}: {exc}")
+        keys = tuple(wanted)
+        return DesiredKeys(keys, await self._lookup_symbols(keys), streams)
+
+    def _report(self, text: str) -> None:
+        if text not in self._reported and len(self._reported) < 10_000:
+            self._reported.add(text)
+            log.warning(text)
+
+    async def _lookup_symbols(self, keys: tuple[InstrumentKey, ...]) -> dict[str, str]:
+        unknown = [str(k) for k in keys if str(k) not in self._symbols]
+        for start in range(0, len(unknown), _CHUNK):
+            chunk = unknown[start : start + _CHUNK]
+            values = await self._redis.hmget(INSTRUMENT_SYMBOLS_KEY, chunk)
+            for text, value in zip(chunk, values, strict=True):
+                self._symbols[text] = value.decode() if isinstance(value, bytes) else value
+        found = ((str(k), self._symbols.get(str(k))) for k in keys)
+        return {text: symbol for text, symbol in found if symbol}
+
+    async def _refresh(self) -> None:
+        desired = await self.read()
+        self.reads += 1
+        if desired != self.current:
+            self.current = desired
+            self._on_change(desired)
+
+    async def run(self) -> None:
+        """Follow the registry until cancelled."""
+        if self._static and self.current is None:
+            self.current = DesiredKeys(self._static)
+            self._on_change(self.current)
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(CONTROL_CHANNEL)
+                    # Read after subscribing, so a change announced in between is not missed.
+                    await self._refresh()
+                    self._backoff.reset()
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=self.refresh
+                        )
+                        if message is not None:
+                            # A burst of announcements needs one re-read, not one each.
+                            while await pubsub.get_message(
+                                ignore_subscribe_messages=True, timeout=0
+                            ):
+                                pass
+                        await self._refresh()
+            except (RedisError, OSError) as exc:
+                self.errors += 1
+                delay = self._backoff.next_delay()
+                log.warning("stream registry unreachable (%s); keeping %d keys, retry in %.1fs",
+                            exc, len(self.current.keys) if self.current else 0, delay)
+                await asyncio.sleep(delay)
