@@ -8,7 +8,10 @@ Seed-compatible (an existing consumer of the Rails system's Redis keeps working)
 
 Project's own:
   market_stream:lease           single-writer lease: the streamer instance id holding it
-  market_stream:control         Pub/Sub channel: API -> running streamer ("streams changed")
+  market_stream:control         Pub/Sub channel: API -> running streamer; message
+                                {"type": "streams_changed", "name": NAME}. Any message makes
+                                the streamer re-read websocket_stream:* (it also re-reads every
+                                few seconds, so a lost message only delays a change)
   dhan:rest:ratelimit           the deployment-wide 1 call/s limiter for DhanHQ REST
   market_stream:registry_lock   short lock around start/stop's read-check-write of the streams
   instruments:symbols           hash: instrument key (NSE_EQ:2885) -> trading symbol (RELIANCE)
