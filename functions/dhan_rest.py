@@ -233,7 +233,10 @@ def fetch_prices(
             for rest in calls[index:]:
                 result.give_up(rest, TIMEOUT)
             break
-        answer = source.ticker_data(securities_of(call), timeout=timeout)
+        try:
+            answer = source.ticker_data(securities_of(call), timeout=timeout)
+        except Exception as exc:  # the SDK promises not to raise; a bug in it must not 500
+            answer = {"status": "failure", "remarks": f"{type(exc).__name__}: {exc}"}
         result.calls += 1
         prices, missing, error = parse_ltp_answer(call, answer)
         result.prices.update(prices)

@@ -1,0 +1,122 @@
+"""What the API's routes work with, built once per execution environment by the entry point.
+
+Heavy clients are built lazily, on the paths that use them: boto3 (ECS, Secrets Manager) only
+when an ARN or a streamer service is configured and a route needs it; the `dhanhq` SDK only on
+the first cache miss. A cold start that serves cached prices imports neither.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from aws_lambda_powertools import Metrics
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from core.names import WS_CONNECTIONS_KEY
+from functions.dhan_rest import SdkSourceCache
+from functions.secrets import SecretsCache, SecretsClient
+from functions.settings import Settings
+from functions.streams import EcsStreamerService, StreamerService
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecs import ECSClient
+
+SERVICE_NAME = "ltp-api"
+T = TypeVar("T")
+
+
+def connect_redis(settings: Settings) -> Redis:
+    """A client with short timeouts and one immediate retry (a pooled socket that went stale
+    while the Lambda was frozen); Redis being down must become a quick 503, not a hang."""
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_connect_timeout,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+
+
+def count_connections(redis: Redis, *, now: float | None = None) -> int:
+    """Live WebSocket connections: members of the registry's ZSET whose expiry is ahead
+    (the registry of `functions.ws` scores each connection id by its expiry time)."""
+    current = time.time() if now is None else now
+    return int(redis.zcount(WS_CONNECTIONS_KEY, f"({current}", "+inf"))
+
+
+class Lazy(Generic[T]):
+    """A value built on first use, once, even with concurrent first uses."""
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._value: T | None = None
+
+    def __call__(self) -> T:
+        if self._value is None:
+            with self._lock:
+                if self._value is None:
+                    self._value = self._build()
+        return self._value
+
+
+def _not_managed() -> StreamerService | None:
+    return None
+
+
+@dataclass(frozen=True)
+class ApiDeps:
+    settings: Settings
+    redis: Redis
+    metrics: Metrics
+    dhan_sources: SdkSourceCache
+    connection_count: Callable[[], int | None]
+    secrets: SecretsCache | None = None
+    streamer_service: Callable[[], StreamerService | None] = _not_managed
+    wall_clock: Callable[[], float] = time.time
+
+    @classmethod
+    def for_settings(cls, settings: Settings, *, redis: Redis, metrics: Metrics) -> ApiDeps:
+        """The production wiring: boto3 clients built on first use, from the environment."""
+        secrets = None
+        if settings.admin_secret_arn or settings.dhan_secret_arn or settings.ws_token_secret_arn:
+            secrets = SecretsCache(
+                client_factory=_boto3_secrets_client, ttl_seconds=settings.secrets_cache_seconds
+            )
+        service: Callable[[], StreamerService | None] = _not_managed
+        if settings.streamer_managed:
+            service = Lazy(
+                lambda: EcsStreamerService(
+                    ecs=_boto3_ecs_client(),
+                    cluster=settings.streamer_cluster,
+                    service=settings.streamer_service,
+                )
+            )
+        return cls(
+            settings=settings,
+            redis=redis,
+            metrics=metrics,
+            dhan_sources=SdkSourceCache(base_url=settings.dhan_api_base_url),
+            connection_count=lambda: count_connections(redis),
+            secrets=secrets,
+            streamer_service=service,
+        )
+
+
+def _boto3_secrets_client() -> SecretsClient:
+    import boto3
+
+    client: SecretsClient = boto3.client("secretsmanager")
+    return client
+
+
+def _boto3_ecs_client() -> ECSClient:
+    import boto3
+
+    return boto3.client("ecs")
