@@ -1,0 +1,31 @@
+"""Lambda entry point of the fan-out (CDK handler string `functions.fanout.handler`).
+
+Invoked asynchronously by the relay bridge once per active shard and window with
+`{"shard": N, "window": seq, "published_at": epoch, "updates": [...]}` (under 1 MB).
+Emits EMF metrics (Powertools) for posts, bytes, gone, throttled and duration.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from functions.fanout.core import Fanout, FanoutResult
+
+if TYPE_CHECKING:
+    from functions.fanout.wiring import Emit
+
+
+@cache
+def _wired() -> tuple[Fanout, Emit]:
+    from functions.fanout.wiring import build
+
+    return build()
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    fanout, emit = _wired()
+    return emit(fanout.run(event), event, context)
+
+
+__all__ = ["Fanout", "FanoutResult", "handler"]

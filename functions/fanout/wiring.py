@@ -1,0 +1,55 @@
+"""Builds the fan-out's clients and metrics from the environment (the entry point only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from functions.fanout.core import Fanout, FanoutResult
+from functions.registry import ConnectionRegistry
+from functions.settings import Settings
+from functions.ws.management import management_client
+from functions.ws.settings import RealtimeSettings
+from functions.ws.wiring import redis_client
+
+Emit = Callable[[FanoutResult, Mapping[str, Any], Any], dict[str, Any]]
+
+
+def metrics_emitter(metrics: Metrics) -> Emit:
+    def emit(result: FanoutResult, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        metrics.add_metric(name="Posts", unit=MetricUnit.Count, value=result.posts)
+        metrics.add_metric(name="PostedBytes", unit=MetricUnit.Bytes, value=result.bytes)
+        metrics.add_metric(name="Gone", unit=MetricUnit.Count, value=result.gone)
+        metrics.add_metric(name="Throttled", unit=MetricUnit.Count, value=result.throttled)
+        metrics.add_metric(name="Deferred", unit=MetricUnit.Count, value=result.deferred)
+        metrics.add_metric(name="FailedPosts", unit=MetricUnit.Count, value=result.failed)
+        metrics.add_metric(name="Recipients", unit=MetricUnit.Count, value=result.recipients)
+        metrics.add_metric(name="FanoutDuration", unit=MetricUnit.Milliseconds,
+                           value=result.duration * 1000)
+        metrics.add_metadata(key="shard", value=result.shard)
+        metrics.flush_metrics()
+        return result.as_dict()
+
+    return emit
+
+
+def build() -> tuple[Fanout, Emit]:
+    settings = Settings.from_env()
+    realtime = RealtimeSettings.from_env()
+    if not settings.websocket_callback_url:
+        raise RuntimeError("WEBSOCKET_CALLBACK_URL must name the @connections endpoint")
+    client = redis_client(settings)
+    fanout = Fanout(
+        registry=ConnectionRegistry(redis=client, shards=realtime.shards,
+                                    max_keys=realtime.max_keys),
+        management=management_client(settings.websocket_callback_url,
+                                     max_pool_connections=realtime.fanout_workers),
+        max_workers=realtime.fanout_workers,
+        max_message_bytes=realtime.fanout_max_message_bytes,
+        retry_seconds=realtime.fanout_retry_seconds,
+    )
+    metrics = Metrics(namespace=settings.metrics_namespace, service="fanout")
+    return fanout, metrics_emitter(metrics)

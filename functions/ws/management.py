@@ -1,0 +1,74 @@
+"""The API Gateway `@connections` client: the one call used, and its errors classified.
+
+boto3's `apigatewaymanagementapi` client satisfies `ManagementApi` and is thread-safe, so one
+client (with a connection pool as large as the posting pool) serves every thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+
+class ManagementApi(Protocol):
+    def post_to_connection(self, *, Data: bytes, ConnectionId: str) -> Any: ...  # noqa: N803
+
+
+class PostOutcome(Enum):
+    SENT = "sent"
+    GONE = "gone"  # 410: the connection is gone for good; forget it
+    THROTTLED = "throttled"  # 429: account rate or the client's buffer; back off and retry
+    TOO_LARGE = "too_large"  # 413: never retried
+    FAILED = "failed"  # anything else (403, 5xx, network): carried forward like a throttle
+
+
+def classify(exc: Exception) -> PostOutcome:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "GoneException" or status == 410:
+            return PostOutcome.GONE
+        if code in ("LimitExceededException", "TooManyRequestsException",
+                    "ThrottlingException") or status == 429:
+            return PostOutcome.THROTTLED
+        if code == "PayloadTooLargeException" or status == 413:
+            return PostOutcome.TOO_LARGE
+        return PostOutcome.FAILED
+    if isinstance(exc, BotoCoreError | OSError):
+        return PostOutcome.FAILED
+    raise exc
+
+
+def post(api: ManagementApi, connection_id: str, data: bytes) -> PostOutcome:
+    """One PostToConnection; returns what happened instead of raising AWS errors."""
+    try:
+        api.post_to_connection(Data=data, ConnectionId=connection_id)
+    except Exception as exc:  # noqa: BLE001 - classify() re-raises what is not an AWS error
+        return classify(exc)
+    return PostOutcome.SENT
+
+
+def management_client(endpoint_url: str, *, max_pool_connections: int = 64,
+                      region_name: str | None = None) -> ManagementApi:
+    """A boto3 client for `endpoint_url` (`https://{api}.execute-api.{region}.../{stage}`)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        max_pool_connections=max_pool_connections,
+        # Retries are ours: throttled posts are retried within the window, then carried forward.
+        retries={"max_attempts": 1, "mode": "standard"},
+        connect_timeout=2,
+        read_timeout=5,
+        tcp_keepalive=True,
+    )
+    client: ManagementApi = boto3.client("apigatewaymanagementapi", endpoint_url=endpoint_url,
+                                         region_name=region_name, config=config)
+    return client
+
+
+ClientFactory = Callable[[str], ManagementApi]

@@ -1,0 +1,406 @@
+"""The relay bridge: `live_ltp_updates` -> conflated windows -> one fan-out per active shard.
+
+Long-lived, beside the streamer. A reader task SUBSCRIBEs to the channel and feeds a
+`Conflator` (newest value per key BY VERSION, never the first of a window: OpenAlgo's expiry-day
+lesson). At each window's end the windower
+  1. writes the window's values to `ws:latest` (the snapshot's source of versions),
+  2. only then reads which keys each shard's connections want (so a subscription recorded
+     before step 2 gets this window, and one recorded after it found step 1's values in its
+     snapshot: no tick falls between snapshot and stream),
+  3. invokes one fan-out per shard with updates for it (plus shards with carried-over updates,
+     plus every shard now and then for housekeeping), splitting payloads over 1 MB,
+  4. picks the next window so that the expected PostToConnection rate stays under the budget.
+After any Redis reconnect the reader resubscribes and re-sends the current price of every
+subscribed key whose cached value differs from the last one seen, so no latest value is lost.
+The reader never dies silently (rails #27659): every error is logged, counted in `stats`, and
+retried with jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+from core import names
+from core.messages import BATCH_UPDATE, Update, dumps, loads, parse_price
+
+log = logging.getLogger(__name__)
+
+# Lambda's async invoke takes up to 1 MB (1,048,576 bytes); stay clear of the edge.
+MAX_PAYLOAD_BYTES = 900_000
+DEFAULT_BUDGET_PER_SECOND = 5000.0
+# How often every shard is invoked even without updates (sweeps expired connections).
+HOUSEKEEPING_SECONDS = 60.0
+
+
+class Conflator:
+    """Newest update per key by version within one window."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, Update] = {}
+
+    def __len__(self) -> int:
+        return len(self._latest)
+
+    def add(self, update: Mapping[str, Any]) -> bool:
+        key = update.get("key")
+        version = update.get("version")
+        if not isinstance(key, str) or not isinstance(version, int) or isinstance(version, bool):
+            return False
+        current = self._latest.get(key)
+        if current is not None and current["version"] >= version:
+            return False
+        self._latest[key] = cast(Update, update)
+        return True
+
+    def add_message(self, message: Any) -> int:
+        """Feed one channel message (batch form); returns how many updates were kept."""
+        if not isinstance(message, dict) or message.get("type") != BATCH_UPDATE:
+            return 0
+        updates = message.get("updates")
+        if not isinstance(updates, list):
+            return 0
+        return sum(self.add(u) for u in updates if isinstance(u, dict))
+
+    def version(self, key: str) -> int | None:
+        current = self._latest.get(key)
+        return current["version"] if current is not None else None
+
+    def drain(self) -> dict[str, Update]:
+        window, self._latest = self._latest, {}
+        return window
+
+
+def next_window(current: float, expected_posts: float, *, budget_per_second: float,
+                minimum: float, maximum: float, headroom: float = 1.1,
+                shrink: float = 0.8) -> float:
+    """The next window length keeping `expected_posts / window` under the budget.
+
+    Grows at once when the budget needs it; shrinks gradually (by `shrink` per window) so a
+    quiet moment does not swing the window down and straight back up.
+    """
+    required = expected_posts * headroom / budget_per_second
+    target = required if required >= current else max(required, current * shrink)
+    return min(maximum, max(minimum, target))
+
+
+def expected_posts(updated: Iterable[str], refs: Mapping[int, Mapping[str, int]],
+                   live: Mapping[int, int]) -> int:
+    """Upper bound of connections with >= 1 changed key: per shard min(connections, sum refs)."""
+    keys = list(updated)
+    total = 0
+    for shard, counts in refs.items():
+        wanted = sum(counts.get(k, 0) for k in keys)
+        total += min(live.get(shard, 0), wanted)
+    return total
+
+
+def split_payloads(base: dict[str, Any], updates: list[Update], *,
+                   max_bytes: int = MAX_PAYLOAD_BYTES) -> list[dict[str, Any]]:
+    """One payload, or as many as keep each under `max_bytes` (Lambda's async limit)."""
+    whole = {**base, "updates": updates}
+    size = len(dumps(whole))
+    if size <= max_bytes or len(updates) <= 1:
+        return [whole]
+    parts = -(-size // max_bytes) + 1
+    step = -(-len(updates) // parts)
+    return [{**base, "updates": updates[i:i + step]} for i in range(0, len(updates), step)]
+
+
+class Invoker(Protocol):
+    """Starts one fan-out; must not wait for it to finish (Lambda `InvocationType=Event`)."""
+
+    async def invoke(self, payload: dict[str, Any]) -> None: ...
+
+
+class LambdaInvoker:
+    """`lambda_client` is boto3's `lambda` client (its stubs' kwargs-only signature defeats a
+    structural Protocol, hence Any)."""
+
+    def __init__(self, *, lambda_client: Any, function_name: str) -> None:
+        self._client = lambda_client
+        self._function = function_name
+
+    async def invoke(self, payload: dict[str, Any]) -> None:
+        await asyncio.to_thread(self._client.invoke, FunctionName=self._function,
+                                InvocationType="Event", Payload=dumps(payload))
+
+
+class LocalInvoker:
+    """Runs the fan-out code in a worker thread; one shard's windows run in order."""
+
+    def __init__(self, *, run: Callable[[dict[str, Any]], Any]) -> None:
+        self._run = run
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.results: list[Any] = []
+        self.errors = 0
+
+    async def invoke(self, payload: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._one(payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _one(self, payload: dict[str, Any]) -> None:
+        lock = self._locks.setdefault(int(payload["shard"]), asyncio.Lock())
+        async with lock:
+            try:
+                result = await asyncio.to_thread(self._run, payload)
+            except Exception:
+                self.errors += 1
+                log.exception("local fan-out of shard %s failed", payload.get("shard"))
+                return
+            self.results.append(result)
+            if len(self.results) > 1000:
+                del self.results[:500]
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+@dataclass(slots=True)
+class BridgeStats:
+    messages: int = 0
+    updates: int = 0
+    windows: int = 0
+    invocations: int = 0
+    invoke_errors: int = 0
+    reader_errors: int = 0
+    reconnects: int = 0
+    resynced: int = 0
+    window_seconds: float = 0.0
+    expected_posts_per_second: float = 0.0
+    last_error: str = ""
+    last_window_at: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class RelayBridge:
+    def __init__(
+        self,
+        *,
+        redis: Any,
+        invoker: Invoker,
+        budget_per_second: float = DEFAULT_BUDGET_PER_SECOND,
+        min_window: float = 0.25,
+        max_window: float = 2.0,
+        housekeeping_seconds: float = HOUSEKEEPING_SECONDS,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 15.0,
+        healthy_after: float = 30.0,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+        on_window: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self._redis = redis
+        self._invoker = invoker
+        self._budget = budget_per_second
+        self._min = min_window
+        self._max = max_window
+        self._housekeeping = housekeeping_seconds
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._healthy_after = healthy_after
+        self._max_payload = max_payload_bytes
+        self._on_window = on_window
+        self.conflator = Conflator()
+        self.stats = BridgeStats(window_seconds=min_window)
+        self.window = min_window
+        self._sequence = 0
+        self._last_housekeeping = 0.0
+        self._resync_needed = False
+        self.subscribed = asyncio.Event()
+
+    # --- run ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Reader and windower until cancelled; both are cancelled and awaited on the way out."""
+        reader = asyncio.create_task(self._read_forever(), name="bridge-reader")
+        windower = asyncio.create_task(self._window_forever(), name="bridge-windower")
+        try:
+            done, _ = await asyncio.wait({reader, windower}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in (reader, windower):
+                task.cancel()
+            for task in (reader, windower):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # --- reader -------------------------------------------------------------------------------
+
+    def _mark_reconnected(self, connection: Any) -> None:
+        # redis-py reconnects a pubsub connection by itself and resubscribes (its own callback
+        # runs first); messages published meanwhile are gone, so the prices must be re-read.
+        self.stats.reconnects += 1
+        self._resync_needed = True
+
+    async def _read_forever(self) -> None:
+        attempt = 0
+        while True:
+            healthy_since = time.monotonic()
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(names.LIVE_LTP_CHANNEL)
+                    if pubsub.connection is not None:
+                        pubsub.connection.register_connect_callback(self._mark_reconnected)
+                    await self.resync()
+                    self.subscribed.set()
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                           timeout=1.0)
+                        if message is not None and message.get("type") == "message":
+                            self._ingest(message["data"])
+                        if self._resync_needed:
+                            self._resync_needed = False
+                            await self.resync()
+                        if attempt and time.monotonic() - healthy_since > self._healthy_after:
+                            attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: report, back off, resubscribe
+                self.subscribed.clear()
+                self.stats.reader_errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                delay = min(self._backoff_cap, self._backoff_base * 2**attempt)
+                delay = delay / 2 + random.uniform(0, delay / 2)
+                log.warning("bridge reader failed (%s); resubscribing in %.2fs",
+                            self.stats.last_error, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    def _ingest(self, raw: bytes | str) -> None:
+        self.stats.messages += 1
+        try:
+            message = loads(raw)
+        except ValueError:
+            log.warning("ignored a non-JSON message on %s", names.LIVE_LTP_CHANNEL)
+            return
+        self.stats.updates += self.conflator.add_message(message)
+
+    async def resync(self) -> int:
+        """Re-send cached prices of subscribed keys that moved since the last value seen."""
+        refs, _ = await self._read_shards()
+        keys = sorted({k for counts in refs.values() for k in counts})
+        resent = 0
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start:start + 1000]
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hmget(names.WS_LATEST_KEY, chunk)
+            pipe.mget([names.ltp_key(k) for k in chunk])
+            latest, cached = await pipe.execute()
+            for key, entry, raw in zip(chunk, latest, cached, strict=True):
+                price = parse_price(raw)
+                if price is None:
+                    continue
+                seen = loads(entry) if entry is not None else None
+                if seen is not None and seen.get("ltp") == price:
+                    continue
+                base = max(seen["version"] if seen else -1, self.conflator.version(key) or -1)
+                segment, _, security_id = key.partition(":")
+                update: Update = {"key": key, "segment": segment, "security_id": security_id,
+                                  "ltp": price, "ltt": int(seen["ltt"]) if seen else 0,
+                                  "version": base + 1}
+                if seen and "symbol" in seen:
+                    update["symbol"] = seen["symbol"]
+                resent += self.conflator.add(update)
+        self.stats.resynced += resent
+        return resent
+
+    # --- windows ------------------------------------------------------------------------------
+
+    async def _window_forever(self) -> None:
+        deadline = time.monotonic() + self.window
+        while True:
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            closing = time.monotonic()
+            try:
+                await self.close_window()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed window must not end the bridge
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("bridge window failed")
+            # Windows are measured from their start, so a slow close does not add drift.
+            deadline = closing + self.window
+
+    async def _read_shards(self, latest: Mapping[str, Update] | None = None
+                           ) -> tuple[dict[int, dict[str, int]], dict[int, int]]:
+        """(refs per shard, live connections per shard); writes `latest` first when given."""
+        pipe = self._redis.pipeline(transaction=False)
+        if latest:
+            pipe.hset(names.WS_LATEST_KEY, mapping={k: dumps(dict(u)) for k, u in latest.items()})
+            pipe.expire(names.WS_LATEST_KEY, names.WS_LATEST_TTL_SECONDS)
+        pipe.smembers(names.WS_SHARDS_KEY)
+        replies = await pipe.execute()
+        shards = sorted(int(s) for s in replies[-1])
+        if not shards:
+            return {}, {}
+        now = time.time()
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in shards:
+            pipe.hgetall(names.ws_shard_refs_key(shard))
+            pipe.zcount(names.ws_shard_key(shard), f"({now}", "+inf")
+        replies = await pipe.execute()
+        refs: dict[int, dict[str, int]] = {}
+        live: dict[int, int] = {}
+        for i, shard in enumerate(shards):
+            refs[shard] = {_text(k): int(v) for k, v in replies[2 * i].items() if int(v) > 0}
+            live[shard] = int(replies[2 * i + 1])
+        return refs, live
+
+    async def close_window(self) -> list[dict[str, Any]]:
+        """Close the current window: publish its values, invoke the fan-outs, adapt."""
+        window = self.conflator.drain()
+        refs, live = await self._read_shards(window)
+        pending = {int(s) for s in await self._redis.spop(names.WS_PENDING_SHARDS_KEY, 10_000)
+                   or []}
+        now = time.time()
+        housekeeping = now - self._last_housekeeping >= self._housekeeping
+        if housekeeping:
+            self._last_housekeeping = now
+        self._sequence += 1
+        payloads: list[dict[str, Any]] = []
+        for shard in sorted(set(refs) | pending):
+            wanted = refs.get(shard, {})
+            updates = [u for k, u in window.items() if k in wanted]
+            if not updates and shard not in pending and not housekeeping:
+                continue
+            base = {"shard": shard, "window": self._sequence, "published_at": now}
+            payloads.extend(split_payloads(base, updates, max_bytes=self._max_payload))
+        results = await asyncio.gather(*(self._invoker.invoke(p) for p in payloads),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                self.stats.invoke_errors += 1
+                self.stats.last_error = f"invoke: {type(result).__name__}: {result}"
+                log.error("fan-out invoke failed: %s", result)
+        posts = expected_posts(window, refs, live)
+        self.stats.windows += 1
+        self.stats.invocations += len(payloads)
+        self.stats.last_window_at = now
+        self.stats.expected_posts_per_second = posts / self.window
+        previous = self.window
+        self.window = next_window(self.window, posts, budget_per_second=self._budget,
+                                  minimum=self._min, maximum=self._max)
+        self.stats.window_seconds = self.window
+        record = {"window": previous, "updates": float(len(window)),
+                  "invocations": float(len(payloads)), "expected_posts": float(posts)}
+        self.stats.history.append(record)
+        del self.stats.history[:-120]
+        if self._on_window is not None:
+            maybe = self._on_window({**record, "next_window": self.window})
+            if maybe is not None:
+                await maybe
+        return payloads
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
