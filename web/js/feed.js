@@ -1,0 +1,349 @@
+// Getting prices to the page: a WebSocket to the API Gateway WebSocket API (push), and a poller
+// of the HTTP API for while the WebSocket is down.
+//
+// API Gateway shapes the WebSocket client:
+// - a connection lives at most 2 h: the feed opens a fresh one well before that, and switches
+//   over only once the new one is live (make before break, so no tick is missed);
+// - a connection idle for 10 min is closed: the feed pings every few minutes, and a ping that
+//   gets no answer in time means the socket is dead even if the browser still thinks it is open;
+// - reconnects back off exponentially with jitter, so a fleet of pages does not stampede the
+//   500-new-connections-per-second account limit after an outage.
+
+export const DEFAULTS = Object.freeze({
+  pollIntervalMs: 1500,
+  pollTimeoutMs: 5000,
+  pingIntervalMs: 4 * 60 * 1000,
+  pongTimeoutMs: 10 * 1000,
+  maxConnectionMs: 2 * 60 * 60 * 1000 - 10 * 60 * 1000,
+  rotationJitterMs: 5 * 60 * 1000,
+  reconnectBaseMs: 500,
+  reconnectMaxMs: 15 * 1000,
+  healthyAfterMs: 10 * 1000,
+  subscribeChunk: 500,
+});
+
+/** Exponential backoff with "equal jitter": never zero (no hot loop), never in lockstep. */
+export function backoffDelay(attempt, baseMs, maxMs, random = Math.random) {
+  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 20));
+  return ceiling / 2 + random() * (ceiling / 2);
+}
+
+class Session {
+  constructor(feed, url) {
+    this.feed = feed;
+    this.live = false;
+    this.closed = false;
+    this.lastMessageAt = Date.now();
+    this.pingTimer = null;
+    this.pongTimer = null;
+    this.ws = new WebSocket(url);
+    this.ws.onopen = () => this.onOpen();
+    this.ws.onmessage = (event) => this.onMessage(event);
+    this.ws.onclose = (event) => this.finish(`closed (${event.code}${event.reason ? " " + event.reason : ""})`);
+    this.ws.onerror = () => {}; // a close event always follows; it carries what we need
+  }
+
+  onOpen() {
+    const keys = this.feed.keys;
+    const chunk = this.feed.options.subscribeChunk;
+    for (let i = 0; i < keys.length; i += chunk) {
+      this.send({ action: "subscribe", keys: keys.slice(i, i + chunk) });
+    }
+    // A pong proves the route works even when none of the keys has a price yet.
+    this.ping();
+  }
+
+  onMessage(event) {
+    if (this.closed) return;
+    this.lastMessageAt = Date.now();
+    if (this.pongTimer !== null) {
+      clearTimeout(this.pongTimer);
+      this.pongTimer = null;
+    }
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (!message || typeof message !== "object") return;
+    if (!this.live && message.type !== "error") {
+      this.live = true;
+      this.schedulePing();
+      this.feed.sessionLive(this);
+    }
+    this.feed.onMessage(message);
+  }
+
+  send(message) {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+  }
+
+  ping() {
+    this.send({ action: "ping" });
+    if (this.pongTimer === null) {
+      this.pongTimer = setTimeout(() => {
+        this.pongTimer = null;
+        this.close(4000, "no answer to ping");
+      }, this.feed.options.pongTimeoutMs);
+    }
+  }
+
+  schedulePing() {
+    clearInterval(this.pingTimer);
+    this.pingTimer = setInterval(() => this.ping(), this.feed.options.pingIntervalMs);
+  }
+
+  close(code = 1000, reason = "") {
+    if (this.closed) return;
+    try {
+      this.ws.close(code, reason);
+    } catch {
+      // readyState CONNECTING with a custom code can throw in some browsers; finish anyway
+    }
+    // Do not wait for the close handshake: a dead TCP connection may take minutes to report.
+    this.finish(reason || "closed");
+  }
+
+  finish(reason) {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.pingTimer);
+    clearTimeout(this.pongTimer);
+    this.ws.onopen = this.ws.onmessage = this.ws.onclose = null;
+    this.feed.sessionEnded(this, reason);
+  }
+}
+
+export class LiveFeed {
+  /**
+   * @param {{url: string, keys: string[], token: () => Promise<string|null>,
+   *          onMessage: (m: object) => void, onState: (s: string, detail?: string) => void,
+   *          options?: object}} params
+   */
+  constructor({ url, keys, token, onMessage, onState, options = {} }) {
+    this.url = url;
+    this.keys = keys;
+    this.token = token;
+    this.onMessage = onMessage;
+    this.onState = onState;
+    this.options = { ...DEFAULTS, ...options };
+    this.current = null;
+    this.next = null;
+    this.attempt = 0;
+    this.state = "idle";
+    this.timers = new Set();
+    this.stopped = true;
+    this.connecting = false;
+    this.onOnline = () => {
+      if (!this.current && !this.stopped) this.reconnectNow();
+    };
+  }
+
+  start() {
+    if (!this.stopped) return;
+    this.stopped = false;
+    window.addEventListener("online", this.onOnline);
+    this.connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    window.removeEventListener("online", this.onOnline);
+    for (const timer of this.timers) clearTimeout(timer);
+    this.timers.clear();
+    for (const session of [this.current, this.next]) session?.close(1000, "page stopped");
+    this.current = this.next = null;
+    this.setState("idle");
+  }
+
+  /** Force-close the live socket (tests, or a user's "reconnect" action). */
+  drop() {
+    this.current?.close(4001, "dropped by the page");
+  }
+
+  setState(state, detail) {
+    if (state === this.state) return;
+    this.state = state;
+    this.onState(state, detail);
+  }
+
+  later(fn, delay) {
+    const timer = setTimeout(() => {
+      this.timers.delete(timer);
+      fn();
+    }, delay);
+    this.timers.add(timer);
+    return timer;
+  }
+
+  async open() {
+    let token = null;
+    try {
+      token = await this.token();
+    } catch (error) {
+      console.warn("screener: cannot get a WebSocket token", error);
+      return null;
+    }
+    if (this.stopped) return null;
+    const url = new URL(this.url, window.location.href);
+    if (token) url.searchParams.set("token", token);
+    try {
+      return new Session(this, url.toString());
+    } catch (error) {
+      console.warn("screener: cannot open the WebSocket", error);
+      return null;
+    }
+  }
+
+  async connect() {
+    if (this.connecting) return;
+    this.connecting = true;
+    this.setState("connecting");
+    let session;
+    try {
+      session = await this.open();
+    } finally {
+      this.connecting = false;
+    }
+    if (this.stopped) {
+      session?.close(1000, "page stopped");
+      return;
+    }
+    if (session === null) {
+      this.retry("no connection");
+      return;
+    }
+    this.current = session;
+  }
+
+  reconnectNow() {
+    for (const timer of this.timers) clearTimeout(timer);
+    this.timers.clear();
+    this.connect();
+  }
+
+  retry(reason) {
+    const delay = backoffDelay(this.attempt, this.options.reconnectBaseMs, this.options.reconnectMaxMs);
+    this.attempt += 1;
+    this.setState("down", reason);
+    this.later(() => this.connect(), delay);
+  }
+
+  sessionLive(session) {
+    if (session === this.next) {
+      // Rotation: the new socket has its snapshot; only now let the old one go.
+      const old = this.current;
+      this.current = session;
+      this.next = null;
+      old?.close(1000, "rotated");
+    }
+    if (session !== this.current) return;
+    const { healthyAfterMs, maxConnectionMs, rotationJitterMs } = this.options;
+    this.later(() => {
+      if (this.current === session && !session.closed) this.attempt = 0;
+    }, healthyAfterMs);
+    this.later(() => this.rotate(session), maxConnectionMs - Math.random() * rotationJitterMs);
+    this.setState("live");
+  }
+
+  async rotate(session) {
+    if (this.stopped || this.current !== session || this.next) return;
+    const next = await this.open();
+    if (next === null) return; // the old socket keeps serving; its close will trigger a retry
+    if (this.stopped || this.current !== session) {
+      next.close(1000, "not needed");
+      return;
+    }
+    this.next = next;
+  }
+
+  sessionEnded(session, reason) {
+    if (session === this.next) {
+      this.next = null;
+      return;
+    }
+    if (session !== this.current) return;
+    this.current = null;
+    if (this.stopped) return;
+    if (this.next) {
+      // The replacement is already on its way; make it the current connection.
+      this.current = this.next;
+      this.next = null;
+      this.setState("connecting", reason);
+      return;
+    }
+    this.retry(reason);
+  }
+}
+
+/** Polls `GET /api/v1/current_prices` (POST for long watchlists) every `intervalMs`. */
+export class Poller {
+  constructor({ apiUrl, keys, onPrices, onResult, options = {} }) {
+    this.base = apiUrl.replace(/\/+$/, "");
+    this.keys = keys;
+    this.onPrices = onPrices;
+    this.onResult = onResult;
+    this.options = { ...DEFAULTS, ...options };
+    this.generation = 0;
+    this.running = false;
+    this.timer = null;
+  }
+
+  start() {
+    if (this.running) return;
+    this.running = true;
+    this.generation += 1;
+    this.tick(this.generation);
+  }
+
+  stop() {
+    this.running = false;
+    this.generation += 1; // anything in flight now belongs to a stale generation
+    clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  async tick(generation) {
+    const started = performance.now();
+    let ok = false;
+    try {
+      const body = await fetchPrices(this.base, this.keys, this.options.pollTimeoutMs);
+      if (generation !== this.generation) return;
+      ok = true;
+      this.onPrices(body);
+    } catch (error) {
+      if (generation !== this.generation) return;
+      console.debug("screener: poll failed", error);
+    }
+    this.onResult(ok);
+    const wait = Math.max(0, this.options.pollIntervalMs - (performance.now() - started));
+    if (this.running && generation === this.generation) {
+      this.timer = setTimeout(() => this.tick(generation), wait);
+    }
+  }
+}
+
+const MAX_GET_URL = 4000;
+
+/** One request to the HTTP API for the keys' current prices. */
+export async function fetchPrices(base, keys, timeoutMs = DEFAULTS.pollTimeoutMs) {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), timeoutMs);
+  try {
+    const query = `${base}/api/v1/current_prices?keys=${keys.map(encodeURIComponent).join(",")}`;
+    const init = { signal: controller.signal, cache: "no-store" };
+    const response = query.length <= MAX_GET_URL
+      ? await fetch(query, init)
+      : await fetch(`${base}/api/v1/current_prices`, {
+          ...init,
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ keys }),
+        });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    return await response.json();
+  } finally {
+    clearTimeout(timer);
+  }
+}
