@@ -52,9 +52,12 @@ def test_every_row_gets_a_price_and_the_page_goes_live(page: Any, stub: StubServ
     assert page.locator("#connection").text_content() == "live"
     assert "—" not in ltp_texts(page)
     assert stub.state.subscribed == [KEYS]
-    age = page.get_attribute("#price-age", "data-age-ms")
-    assert age is not None and age != ""
-    assert "first price this page received" in (page.text_content("#baseline-note") or "")
+    page.wait_for_function("() => document.getElementById('price-age').dataset.ageMs !== ''")
+    assert "newest price" in (page.text_content("#price-age") or "")
+    page.wait_for_function(
+        "() => document.getElementById('baseline-note').textContent"
+        ".includes('first price this page received')"
+    )
 
 
 def test_prices_change_and_flash_green_or_red(page: Any, stub: StubServer) -> None:
