@@ -61,7 +61,7 @@ def management_client(endpoint_url: str, *, max_pool_connections: int = 64,
     config = Config(
         max_pool_connections=max_pool_connections,
         # Retries are ours: throttled posts are retried within the window, then carried forward.
-        retries={"max_attempts": 1, "mode": "standard"},
+        retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=2,
         read_timeout=5,
         tcp_keepalive=True,

@@ -24,7 +24,7 @@ def boto3_client(gateway: LocalApiGateway, *, max_pool_connections: int = 64) ->
     session = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local",
                                     region_name="us-east-1")
     config = Config(max_pool_connections=max_pool_connections,
-                    retries={"max_attempts": 1, "mode": "standard"},
+                    retries={"total_max_attempts": 1, "mode": "standard"},
                     connect_timeout=2, read_timeout=5)
     client: ManagementApi = session.client("apigatewaymanagementapi",
                                            endpoint_url=gateway.callback_url, config=config)

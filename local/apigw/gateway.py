@@ -308,11 +308,11 @@ class LocalApiGateway:
         """PostToConnection, as the HTTP endpoint and the in-process client perform it."""
         if self.config.post_latency:
             await asyncio.sleep(self.config.post_latency)
+        if not self.throttle.admit():
+            return PostResult(429, "LimitExceededException", "Rate exceeded")
         conn = self.connections.get(connection_id)
         if conn is None:
             return PostResult(410, "GoneException", "")
-        if not self.throttle.admit():
-            return PostResult(429, "LimitExceededException", "Rate exceeded")
         if len(data) > self.config.max_message_bytes:
             return PostResult(413, "PayloadTooLargeException",
                               f"Message too long. Max size is {self.config.max_message_bytes}")

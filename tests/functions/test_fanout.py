@@ -1,0 +1,256 @@
+"""The fan-out against the local @connections endpoint, with real boto3, clients and Redis."""
+
+from __future__ import annotations
+
+import orjson
+import redis
+
+from core import names
+from functions.fanout import handler
+from functions.fanout.core import Fanout
+from local.apigw import GatewayConfig
+from tests.realtime_support import (
+    Stack,
+    connect,
+    drain,
+    recv_json,
+    request,
+    update,
+    wait_for,
+    ws_stack,
+)
+
+KEYS = [f"NSE_EQ:{i}" for i in range(1, 7)]
+
+
+async def subscribe(ws: object, keys: list[str]) -> None:
+    reply = await request(ws, {"action": "subscribe", "keys": keys})  # type: ignore[arg-type]
+    assert reply["type"] == "snapshot"
+
+
+def shard_payload(stack: Stack, cid: str, updates: list[dict[str, object]]) -> dict[str, object]:
+    return {"shard": stack.registry.shard(cid), "window": 1, "published_at": 0.0,
+            "updates": updates}
+
+
+async def test_one_message_per_connection_with_only_its_keys(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async with ws_stack(redis_url, shards=1) as stack:
+        async with connect(stack.gateway.ws_url) as a, connect(stack.gateway.ws_url) as b:
+            await subscribe(a, KEYS[:3])
+            await subscribe(b, KEYS[2:5])
+            fanout = stack.fanout()
+            window = [update(k, 10 + i, 100.0 + i) for i, k in enumerate(KEYS)]
+            result = await stack.run_fanout(fanout, {"shard": 0, "window": 1, "updates": window})
+            got_a, got_b = await drain(a), await drain(b)
+        assert result.connections == 2
+        assert result.posts == 2
+        assert len(got_a) == 1 and len(got_b) == 1
+        assert got_a[0]["type"] == "screener_ltp_batch_update"
+        assert sorted(u["key"] for u in got_a[0]["updates"]) == KEYS[:3]
+        assert sorted(u["key"] for u in got_b[0]["updates"]) == KEYS[2:5]
+
+
+async def test_a_late_window_never_regresses_a_price(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async with ws_stack(redis_url, shards=1) as stack, connect(stack.gateway.ws_url) as ws:
+        await subscribe(ws, KEYS[:2])
+        fanout = stack.fanout()
+        newer = {"shard": 0, "window": 2,
+                 "updates": [update(KEYS[0], 7, 101.0), update(KEYS[1], 3, 50.0)]}
+        late = {"shard": 0, "window": 1,
+                "updates": [update(KEYS[0], 6, 100.0), update(KEYS[1], 4, 51.0)]}
+        await stack.run_fanout(fanout, newer)
+        result = await stack.run_fanout(fanout, late)
+        messages = await drain(ws)
+        assert result.stale == 1
+        assert [[(u["key"], u["version"]) for u in m["updates"]] for m in messages] == [
+            [(KEYS[0], 7), (KEYS[1], 3)],
+            [(KEYS[1], 4)],  # only the key that really moved on
+        ]
+        # Replaying the same window sends nothing at all.
+        again = await stack.run_fanout(fanout, late)
+        assert again.posts == 0
+        assert await drain(ws, 0.2) == []
+
+
+async def test_stream_never_goes_behind_the_snapshot(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(names.WS_LATEST_KEY, KEYS[0], orjson.dumps(update(KEYS[0], 9, 99.5)))
+    async with ws_stack(redis_url, shards=1) as stack, connect(stack.gateway.ws_url) as ws:
+        snapshot = await request(ws, {"action": "subscribe", "keys": [KEYS[0]]})
+        assert snapshot["prices"][KEYS[0]]["version"] == 9
+        fanout = stack.fanout()
+        await stack.run_fanout(fanout, {"shard": 0, "updates": [update(KEYS[0], 8, 99.0)]})
+        await stack.run_fanout(fanout, {"shard": 0, "updates": [update(KEYS[0], 10, 99.75)]})
+        messages = await drain(ws)
+        assert [m["updates"][0]["version"] for m in messages] == [10]
+
+
+async def test_gone_connections_are_removed(redis_url: str, redis_client: redis.Redis) -> None:
+    async with ws_stack(redis_url, shards=1) as stack, connect(stack.gateway.ws_url) as ws:
+        await subscribe(ws, KEYS[:1])
+        # A connection API Gateway dropped without ever delivering $disconnect.
+        stack.registry.connect("ghost000000=", meta={"connected_at": 0})
+        stack.registry.subscribe("ghost000000=", KEYS[:2])
+        assert stack.registry.count() == 2
+        result = await stack.run_fanout(stack.fanout(), {
+            "shard": 0, "updates": [update(KEYS[0], 1, 10.0), update(KEYS[1], 1, 20.0)]})
+        assert result.gone == 1
+        assert result.posts == 1
+        assert stack.registry.count() == 1
+        assert not redis_client.exists(names.ws_conn_keys_key("ghost000000="))
+        refs = redis_client.hgetall(names.ws_shard_refs_key(0))
+        assert refs == {KEYS[0].encode(): b"1"}
+        assert len(await drain(ws)) == 1
+
+
+async def test_throttled_posts_are_retried_within_the_window(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async with ws_stack(redis_url, shards=1) as stack, connect(stack.gateway.ws_url) as ws:
+        await subscribe(ws, KEYS[:2])
+        stack.gateway.throttle.fail_next(2)
+        fanout = stack.fanout(retry_seconds=5.0, backoff_base=0.01)
+        result = await stack.run_fanout(fanout, {"shard": 0, "updates": [update(KEYS[0], 1, 1.0)]})
+        assert result.throttled == 2
+        assert result.retried_ok == 1
+        assert result.posts == 1 and result.deferred == 0
+        messages = await drain(ws)
+        assert len(messages) == 1
+
+
+async def test_throttled_updates_are_carried_into_the_next_message(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async with ws_stack(redis_url, shards=1) as stack, connect(stack.gateway.ws_url) as ws:
+        await subscribe(ws, KEYS[:3])
+        fanout = stack.fanout(retry_seconds=0.0)
+        stack.gateway.throttle.fail_next(1)
+        first = await stack.run_fanout(fanout, {"shard": 0, "updates": [
+            update(KEYS[0], 1, 10.0), update(KEYS[1], 1, 20.0)]})
+        assert first.throttled == 1 and first.posts == 0
+        assert first.deferred == 2
+        assert redis_client.smembers(names.WS_PENDING_SHARDS_KEY) == {b"0"}
+        assert await drain(ws, 0.2) == []
+        # Next window: KEY0 moved on, KEY2 is new; KEY1 only comes from the carried update.
+        second = await stack.run_fanout(fanout, {"shard": 0, "updates": [
+            update(KEYS[0], 2, 11.0), update(KEYS[2], 1, 30.0)]})
+        assert second.posts == 1
+        (message,) = await drain(ws)
+        assert sorted((u["key"], u["version"]) for u in message["updates"]) == [
+            (KEYS[0], 2), (KEYS[1], 1), (KEYS[2], 1)]
+        assert not redis_client.exists(names.ws_conn_pending_key(stack.registry.live_connections(0)[0]))
+
+
+async def test_pending_updates_go_out_even_without_new_ticks(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async with ws_stack(redis_url, shards=1) as stack, connect(stack.gateway.ws_url) as ws:
+        await subscribe(ws, KEYS[:1])
+        fanout = stack.fanout()
+        stack.gateway.throttle.fail_next(1)
+        await stack.run_fanout(fanout, {"shard": 0, "updates": [update(KEYS[0], 5, 10.0)]})
+        result = await stack.run_fanout(fanout, {"shard": 0, "updates": []})
+        assert result.posts == 1
+        (message,) = await drain(ws)
+        assert message["updates"][0]["version"] == 5
+
+
+async def test_unsubscribed_keys_are_not_carried(redis_url: str, redis_client: redis.Redis) -> None:
+    async with ws_stack(redis_url, shards=1) as stack, connect(stack.gateway.ws_url) as ws:
+        await subscribe(ws, KEYS[:2])
+        fanout = stack.fanout()
+        stack.gateway.throttle.fail_next(1)
+        await stack.run_fanout(fanout, {"shard": 0, "updates": [
+            update(KEYS[0], 1, 10.0), update(KEYS[1], 1, 20.0)]})
+        await request(ws, {"action": "unsubscribe", "keys": [KEYS[0]]})
+        await stack.run_fanout(fanout, {"shard": 0, "updates": []})
+        (message,) = await drain(ws)
+        assert [u["key"] for u in message["updates"]] == [KEYS[1]]
+
+
+async def test_big_windows_are_split_under_32_kb(redis_url: str, redis_client: redis.Redis) -> None:
+    keys = [f"NSE_FNO:{100000 + i}" for i in range(600)]
+    async with ws_stack(redis_url, shards=1) as stack, connect(stack.gateway.ws_url) as ws:
+        await subscribe(ws, keys)
+        window = [update(k, 1, 1234.55) | {"symbol": f"NIFTY26NOV{i}CE"}
+                  for i, k in enumerate(keys)]
+        result = await stack.run_fanout(stack.fanout(), {"shard": 0, "updates": window})
+        raw = []
+        while len(raw) < result.posts:
+            raw.append(await ws.recv())
+        assert result.posts >= 3
+        assert all(len(m) <= 32 * 1024 for m in raw)
+        got = [u["key"] for m in raw for u in orjson.loads(m)["updates"]]
+        assert sorted(got) == sorted(keys)
+
+
+async def test_expired_connections_are_swept(redis_url: str, redis_client: redis.Redis) -> None:
+    async with ws_stack(redis_url, shards=1) as stack:
+        stack.registry.connect("old00000000=", meta={}, connected_at=1_000.0)
+        stack.registry.subscribe("old00000000=", KEYS[:2])
+        assert stack.registry.count() == 0  # past its 2 h: not counted any more
+        result = await stack.run_fanout(stack.fanout(), {"shard": 0, "updates": []})
+        assert result.swept == 1
+        assert redis_client.zcard(names.WS_CONNECTIONS_KEY) == 0
+        assert redis_client.hlen(names.ws_shard_refs_key(0)) == 0
+
+
+async def test_handler_entry_point_emits_metrics(
+    redis_url: str, redis_client: redis.Redis, monkeypatch: object, capsys: object
+) -> None:
+    async with ws_stack(redis_url, shards=1) as stack, connect(stack.gateway.ws_url) as ws:
+        await subscribe(ws, KEYS[:1])
+        mp = monkeypatch
+        mp.setenv("REDIS_URL", redis_url)  # type: ignore[attr-defined]
+        mp.setenv("WS_SHARDS", "1")  # type: ignore[attr-defined]
+        mp.setenv("WEBSOCKET_CALLBACK_URL", stack.gateway.callback_url)  # type: ignore[attr-defined]
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")  # type: ignore[attr-defined]
+        mp.setenv("AWS_ACCESS_KEY_ID", "local")  # type: ignore[attr-defined]
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "local")  # type: ignore[attr-defined]
+        from functions import fanout as module
+
+        module._wired.cache_clear()
+        try:
+            import asyncio
+
+            answer = await asyncio.to_thread(
+                handler, {"shard": 0, "updates": [update(KEYS[0], 1, 1.5)]}, None)
+        finally:
+            fanout, _ = module._wired()
+            fanout.close()
+            module._wired.cache_clear()
+        assert answer["posts"] == 1
+        message = await recv_json(ws)
+        assert message["updates"][0]["ltp"] == 1.5
+        out = capsys.readouterr().out  # type: ignore[attr-defined]
+        emf = orjson.loads(out.strip().splitlines()[-1])
+        directive = emf["_aws"]["CloudWatchMetrics"][0]
+        assert {m["Name"] for m in directive["Metrics"]} >= {
+            "Posts", "PostedBytes", "Gone", "Throttled", "FanoutDuration"}
+        assert emf["Posts"] in (1.0, [1.0])
+
+
+async def test_rate_throttling_spreads_posts(redis_url: str, redis_client: redis.Redis) -> None:
+    config = GatewayConfig()
+    async with ws_stack(redis_url, shards=1, config=config) as stack:
+        clients = [await connect(stack.gateway.ws_url).__aenter__() for _ in range(6)]
+        try:
+            for ws in clients:
+                await subscribe(ws, KEYS[:1])
+            stack.gateway.throttle.limit_rate(50.0, burst=2)
+            fanout: Fanout = stack.fanout(retry_seconds=5.0, backoff_base=0.02)
+            result = await stack.run_fanout(fanout, {"shard": 0, "updates": [update(KEYS[0], 1, 1.0)]})
+            assert result.posts == 6
+            assert result.throttled > 0
+            for ws in clients:
+                assert len(await drain(ws, 0.1)) == 1
+        finally:
+            stack.gateway.throttle.limit_rate(None)
+            for ws in clients:
+                await ws.close()
+        await wait_for(lambda: stack.registry.count() == 0)
