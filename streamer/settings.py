@@ -108,12 +108,12 @@ class CredentialSource:
             document = self._read_secret(self._secrets, self._secret_arn)
             client_id = _first(document, _CLIENT_ID_FIELDS) or client_id
             token = Secret(_first(document, _TOKEN_FIELDS))
-            where = f"secret {self._secret_arn}"
+            where = f"not in secret {self._secret_arn}"
         else:
-            where = "DHAN_CLIENT_ID / DHAN_ACCESS_TOKEN"
+            where = "set DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN, or DHAN_SECRET_ARN"
         missing = [n for n, v in (("client id", client_id), ("access token", token.value)) if not v]
         if missing:
-            raise CredentialsError(f"DhanHQ {' and '.join(missing)} missing (from {where})")
+            raise CredentialsError(f"DhanHQ {' and '.join(missing)} missing ({where})")
         return Credentials(client_id, token)
 
     @staticmethod
