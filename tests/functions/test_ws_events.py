@@ -1,0 +1,84 @@
+"""The Lambda entry points `functions.ws.*` on recorded API Gateway event shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+import functions.ws as ws
+from core import names
+from functions.wsauth import mint_token
+from local.apigw import Handlers, LocalApiGateway
+
+EVENTS = Path(__file__).parent.parent / "events"
+SECRET = "events-secret"
+
+
+def event(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    return loaded
+
+
+@pytest.fixture
+def entry_points(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("WS_TOKEN_SECRET", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local")
+    ws.app.cache_clear()
+    yield
+    ws.app.cache_clear()
+
+
+def test_authorizer_allows_a_signed_token_and_denies_others(
+    entry_points: None, redis_client: redis.Redis
+) -> None:
+    request = event("ws_authorizer.json")
+    request["queryStringParameters"]["token"] = mint_token(SECRET, subject="desk-7")
+    answer = ws.authorize(request, None)
+    assert answer["principalId"] == "desk-7"
+    (statement,) = answer["policyDocument"]["Statement"]
+    assert statement == {"Action": "execute-api:Invoke", "Effect": "Allow",
+                         "Resource": request["methodArn"]}
+    request["queryStringParameters"]["token"] = "forged.token"
+    assert ws.authorize(request, None)["policyDocument"]["Statement"][0]["Effect"] == "Deny"
+    request["queryStringParameters"] = None
+    with pytest.raises(Exception, match="Unauthorized"):
+        ws.authorize(request, None)
+
+
+async def test_connect_message_disconnect_on_aws_shapes(
+    entry_points: None, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Replies go to a real @connections endpoint; the recorded connection is not on it (410).
+    async with LocalApiGateway(Handlers(message=lambda e, c: None)) as gateway:
+        monkeypatch.setenv("WEBSOCKET_CALLBACK_URL", gateway.callback_url)
+        ws.app.cache_clear()
+        connect = event("ws_connect.json")
+        cid = connect["requestContext"]["connectionId"]
+        connected_at = int(time.time()) - 60
+        connect["requestContext"]["connectedAt"] = connected_at * 1000
+        assert ws.connect(connect, None) == {"statusCode": 200}
+        meta = redis_client.hgetall(names.ws_conn_key(cid))
+        assert meta[b"source_ip"] == b"203.0.113.7"
+        assert meta[b"subject"] == b"browser"
+        assert meta[b"connected_at"] == str(connected_at * 1000).encode()
+        # Expiry follows API Gateway's connectedAt (+ 2 h), not the handler's clock.
+        expiry = redis_client.zscore(names.WS_CONNECTIONS_KEY, cid)
+        assert expiry == connected_at + names.WS_MAX_CONNECTION_SECONDS + 1
+        answer = await asyncio.to_thread(ws.message, event("ws_message_subscribe.json"), None)
+        assert answer == {"statusCode": 200}
+        # Its keys were recorded first; then the snapshot post met 410 and the connection went.
+        assert not redis_client.exists(names.ws_conn_key(cid))
+        assert ws.connect(connect, None) == {"statusCode": 200}
+        assert ws.disconnect(event("ws_disconnect.json"), None) == {"statusCode": 200}
+        assert not redis_client.exists(names.ws_conn_key(cid))
+        await asyncio.to_thread(ws.message, event("ws_message_default.json"), None)

@@ -1,0 +1,75 @@
+"""Pure parts of the WebSocket path: client message parsing, tokens, fan-out planning."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from functions.fanout.plan import build_messages, index_window, select_updates
+from functions.ws.protocol import ProtocolError, parse_client_message
+from functions.wsauth import TokenError, mint_token, verify_token
+from tests.realtime_support import update
+
+
+def test_subscribe_keys_are_canonical_and_deduplicated() -> None:
+    action = parse_client_message('{"action":"subscribe","keys":[" NSE_EQ:01333","NSE_EQ:1333"]}')
+    assert action.action == "subscribe"
+    assert action.keys == ("NSE_EQ:1333",)
+
+
+@pytest.mark.parametrize("body", [None, "", b"", "{", "null", "1", '"ping"', '{"action": 5}',
+                                  '{"action":"subscribe","keys":[]}',
+                                  '{"action":"subscribe","keys":[null]}',
+                                  '{"action":"subscribe","keys":{"a":1}}'])
+def test_anything_malformed_is_a_protocol_error(body: str | bytes | None) -> None:
+    with pytest.raises(ProtocolError):
+        parse_client_message(body)
+
+
+def test_over_limit_and_oversized_are_refused_before_parsing_keys() -> None:
+    keys = [f"NSE_EQ:{i}" for i in range(11)]
+    with pytest.raises(ProtocolError, match="at most 10 keys"):
+        parse_client_message(orjson.dumps({"action": "subscribe", "keys": keys}), max_keys=10)
+    with pytest.raises(ProtocolError, match="too large"):
+        parse_client_message("x" * 2000, max_bytes=1024)
+
+
+def test_tokens_round_trip_and_resist_tampering() -> None:
+    token = mint_token("s3cret", subject="alice", ttl_seconds=60, now=1000)
+    claims = verify_token(token, "s3cret", now=1030)
+    assert (claims.subject, claims.issued_at, claims.expires_at) == ("alice", 1000, 1060)
+    body, sig = token.split(".")
+    forged_body = mint_token("s3cret", subject="mallory", now=1000).split(".")[0]
+    cases = {
+        "bad signature": [f"{forged_body}.{sig}", mint_token("other", now=1000)],
+        "malformed token": ["abc", "a.b.c", f"{body}.{sig}x" * 300, "é.é"],
+        "missing token": ["", None],
+    }
+    for reason, tokens in cases.items():
+        for bad in tokens:
+            with pytest.raises(TokenError) as caught:
+                verify_token(bad, "s3cret", now=1030)
+            assert caught.value.reason == reason
+    with pytest.raises(TokenError, match="expired"):
+        verify_token(token, "s3cret", now=1060 + 31)
+    with pytest.raises(ValueError):
+        mint_token("")
+
+
+def test_select_merges_pending_by_version_and_drops_foreign_keys() -> None:
+    window = index_window([update("A:1", 5, 1.0), update("A:1", 4, 0.5), update("B:1", 1, 2.0),
+                           {"key": "C:1", "version": "x"}, update("D:1", 2, 4.0)])
+    assert window["A:1"]["version"] == 5 and "C:1" not in window
+    pending = {"A:1": update("A:1", 3, 0.1), "D:1": update("D:1", 9, 4.5),
+               "E:1": update("E:1", 1, 5.0)}
+    chosen = select_updates(window, frozenset({"A:1", "D:1"}), pending)
+    assert {k: u["version"] for k, u in chosen.items()} == {"A:1": 5, "D:1": 9}
+
+
+def test_messages_split_only_past_the_limit() -> None:
+    updates = [update(f"NSE_EQ:{i}", 1, 100.0) for i in range(300)]
+    (single,) = build_messages(updates[:10], timestamp="t", max_bytes=32 * 1024)
+    assert len(orjson.loads(single)["updates"]) == 10
+    parts = build_messages(updates, timestamp="t", max_bytes=4096)
+    assert all(len(p) <= 4096 for p in parts)
+    assert [u for p in parts for u in orjson.loads(p)["updates"]] == updates
