@@ -1,1 +1,42 @@
-"""CDK entry point; the stack lives in `infra/` (filled in by the CDK issue)."""
+"""CDK entry point: the only place that knows accounts, regions and stages.
+
+    npx cdk synth                        # offline: no Docker, no AWS credentials needed
+    npx cdk deploy -c ltp:alarmEmail=ops@example.com
+    npx cdk deploy -c ltp:stage=staging -c ltp:region=ap-south-1
+
+Every other setting is CDK context too (see infra/settings.py and cdk.json).
+"""
+
+from __future__ import annotations
+
+import os
+
+import aws_cdk as cdk
+from cdk_nag import AwsSolutionsChecks
+
+from infra.settings import PREFIX, DeploySettings
+from infra.stack import LtpStack
+
+
+def build_app(app: cdk.App | None = None) -> tuple[cdk.App, LtpStack]:
+    app = app or cdk.App()
+    node = app.node
+    region = str(node.try_get_context(PREFIX + "region") or "ap-south-1")
+    account = node.try_get_context(PREFIX + "account") or os.environ.get("CDK_DEFAULT_ACCOUNT")
+    stage = str(node.try_get_context(PREFIX + "stage") or "prod")
+    stack = LtpStack(
+        app,
+        f"Ltp-{stage}",
+        settings=DeploySettings.from_context(node),
+        env=cdk.Environment(account=str(account) if account else None, region=region),
+        description=f"LTP live prices ({stage}): streamer, cache, APIs, fan-out, page",
+    )
+    cdk.Tags.of(stack).add("project", "ltp-stream")
+    cdk.Tags.of(stack).add("stage", stage)
+    # cdk-nag fails the synth on any finding that infra/nag.py does not acknowledge.
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    return app, stack
+
+
+if __name__ == "__main__":
+    build_app()[0].synth()

@@ -1,0 +1,62 @@
+"""One Lambda function of the project: Python 3.12, in the VPC, its own log group.
+
+Every function shares one code asset (`infra.bundling.lambda_code`) and differs only in its
+handler string, environment, memory and timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+RUNTIME = lambda_.Runtime.PYTHON_3_12
+
+
+class PythonFunction(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        code: lambda_.Code,
+        handler: str,
+        description: str,
+        environment: Mapping[str, str],
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        security_group: ec2.ISecurityGroup,
+        log_retention: logs.RetentionDays,
+        memory_mib: int = 512,
+        timeout: Duration | None = None,
+        reserved_concurrency: int | None = None,
+        async_retry_attempts: int | None = None,
+        max_event_age: Duration | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.log_group = logs.LogGroup(
+            self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
+        )
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            runtime=RUNTIME,
+            architecture=lambda_.Architecture.X86_64,
+            code=code,
+            handler=handler,
+            description=description,
+            environment=dict(environment),
+            memory_size=memory_mib,
+            timeout=timeout or Duration.seconds(10),
+            vpc=vpc,
+            vpc_subnets=subnets,
+            security_groups=[security_group],
+            log_group=self.log_group,
+            reserved_concurrent_executions=reserved_concurrency,
+            retry_attempts=async_retry_attempts,
+            max_event_age=max_event_age,
+        )

@@ -1,0 +1,249 @@
+"""Deployment settings, read once from CDK context (`cdk.json` defaults, `-c ltp:name=value`).
+
+Every value a deployer may want to change without editing code lives here; constructs receive
+what they need as typed, keyword-only props. Values given with `-c` arrive as strings, so every
+reader casts and validates, and a bad value fails the synth with the context key in the message.
+
+| context key | default | meaning |
+|---|---|---|
+| ltp:region | ap-south-1 | AWS region (app.py only) |
+| ltp:account | CDK_DEFAULT_ACCOUNT | AWS account (app.py only; unset = account-agnostic synth) |
+| ltp:stage | prod | deployment name; the stack is `Ltp-<stage>` (app.py only) |
+| ltp:maxAzs | 2 | availability zones of the VPC |
+| ltp:natGateways | 1 | NAT gateways (egress for the feed, DhanHQ REST and @connections) |
+| ltp:cacheNodeType | cache.t4g.micro | ElastiCache node type |
+| ltp:cacheEngine | valkey | `valkey` or `redis` |
+| ltp:cacheEngineVersion | 8.0 | engine version (cluster mode is always off) |
+| ltp:cacheReplicas | 0 | read replicas (1+ enables automatic failover) |
+| ltp:cacheMultiAz | false | Multi-AZ (needs cacheReplicas >= 1) |
+| ltp:streamerCpu | 512 | Fargate task CPU units (streamer + bridge) |
+| ltp:streamerMemoryMiB | 1024 | Fargate task memory |
+| ltp:streamerStopTimeoutSeconds | 30 | SIGTERM -> SIGKILL grace of each container |
+| ltp:wsMode | quote | DhanHQ feed mode of the streamer |
+| ltp:streamKeys | "" | keys the streamer always subscribes (comma-separated) |
+| ltp:lambdaMemoryMiB | 512 | memory of the API, WebSocket and schedule functions |
+| ltp:fanoutMemoryMiB | 1024 | memory of the fan-out function |
+| ltp:fanoutTimeoutSeconds | 10 | fan-out timeout (one window's posts) |
+| ltp:fanoutReservedConcurrency | 20 | reserved concurrency of the fan-out; 0 = none reserved |
+| ltp:fanoutMaxWorkers | 64 | concurrent posts inside one fan-out invocation |
+| ltp:postBudgetPerSecond | 5000 | PostToConnection budget the bridge sizes its window to |
+| ltp:wsShards | 16 | connection shards (one fan-out invocation per shard per window) |
+| ltp:wsStageName | live | WebSocket API stage |
+| ltp:httpThrottleRate / ltp:httpThrottleBurst | 200 / 400 | HTTP API stage throttle |
+| ltp:wsThrottleRate / ltp:wsThrottleBurst | 500 / 1000 | WebSocket API stage throttle |
+| ltp:scheduleEnabled | true | create the market-hours schedules |
+| ltp:scheduleStart / ltp:scheduleStop | 09:00 / 15:45 | IST, Monday-Friday |
+| ltp:alarmEmail | "" | e-mail subscribed to the alarm topic |
+| ltp:monthlyBudgetUsd | 0 | AWS Budgets monthly cost budget; 0 = none |
+| ltp:logRetentionDays | 30 | CloudWatch Logs retention |
+| ltp:webPriceClass | 200 | CloudFront price class: 100, 200 or All (200 covers India) |
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from constructs import Node
+
+from core.config import WS_MODES
+from core.errors import ConfigError
+
+PREFIX = "ltp:"
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class DeploySettings:
+    max_azs: int = 2
+    nat_gateways: int = 1
+
+    cache_node_type: str = "cache.t4g.micro"
+    cache_engine: str = "valkey"
+    cache_engine_version: str = "8.0"
+    cache_replicas: int = 0
+    cache_multi_az: bool = False
+
+    streamer_cpu: int = 512
+    streamer_memory_mib: int = 1024
+    streamer_stop_timeout_seconds: int = 30
+    ws_mode: str = "quote"
+    stream_keys: str = ""
+
+    lambda_memory_mib: int = 512
+    fanout_memory_mib: int = 1024
+    fanout_timeout_seconds: int = 10
+    fanout_reserved_concurrency: int = 20
+    fanout_max_workers: int = 64
+    post_budget_per_second: int = 5000
+    ws_shards: int = 16
+    ws_stage_name: str = "live"
+
+    http_throttle_rate: int = 200
+    http_throttle_burst: int = 400
+    ws_throttle_rate: int = 500
+    ws_throttle_burst: int = 1000
+
+    schedule_enabled: bool = True
+    schedule_start: str = "09:00"
+    schedule_stop: str = "15:45"
+
+    alarm_email: str = ""
+    monthly_budget_usd: float = 0.0
+    log_retention_days: int = 30
+    web_price_class: str = "200"
+
+    def __post_init__(self) -> None:
+        for name in ("schedule_start", "schedule_stop"):
+            if not _CLOCK.match(getattr(self, name)):
+                raise ConfigError(f"{name} must be HH:MM (24 h), got {getattr(self, name)!r}")
+        if self.schedule_stop <= self.schedule_start:
+            raise ConfigError(
+                f"schedule_stop {self.schedule_stop} must be after schedule_start "
+                f"{self.schedule_start}"
+            )
+        if self.cache_engine not in ("valkey", "redis"):
+            raise ConfigError(f"cache_engine must be valkey or redis, got {self.cache_engine!r}")
+        if self.cache_multi_az and self.cache_replicas < 1:
+            raise ConfigError("cache_multi_az needs cache_replicas >= 1")
+        if self.ws_mode not in WS_MODES:
+            raise ConfigError(f"ws_mode must be one of {', '.join(WS_MODES)}, got {self.ws_mode!r}")
+        if self.web_price_class not in ("100", "200", "All"):
+            raise ConfigError(
+                f"web_price_class must be 100, 200 or All, got {self.web_price_class!r}"
+            )
+        if self.nat_gateways < 1:
+            # The streamer's feed, DhanHQ REST and every @connections post leave through NAT.
+            raise ConfigError("nat_gateways must be >= 1: the feed and @connections need egress")
+
+    @property
+    def start_clock(self) -> tuple[int, int]:
+        return _split_clock(self.schedule_start)
+
+    @property
+    def stop_clock(self) -> tuple[int, int]:
+        return _split_clock(self.schedule_stop)
+
+    @classmethod
+    def from_context(cls, node: Node) -> DeploySettings:
+        read = _ContextReader(node)
+        defaults = cls()
+        return cls(
+            max_azs=read.integer("maxAzs", defaults.max_azs, minimum=1),
+            nat_gateways=read.integer("natGateways", defaults.nat_gateways, minimum=1),
+            cache_node_type=read.text("cacheNodeType", defaults.cache_node_type),
+            cache_engine=read.text("cacheEngine", defaults.cache_engine),
+            cache_engine_version=read.text("cacheEngineVersion", defaults.cache_engine_version),
+            cache_replicas=read.integer("cacheReplicas", defaults.cache_replicas, minimum=0),
+            cache_multi_az=read.flag("cacheMultiAz", defaults.cache_multi_az),
+            streamer_cpu=read.integer("streamerCpu", defaults.streamer_cpu, minimum=256),
+            streamer_memory_mib=read.integer(
+                "streamerMemoryMiB", defaults.streamer_memory_mib, minimum=512
+            ),
+            streamer_stop_timeout_seconds=read.integer(
+                "streamerStopTimeoutSeconds", defaults.streamer_stop_timeout_seconds, minimum=2
+            ),
+            ws_mode=read.text("wsMode", defaults.ws_mode),
+            stream_keys=read.text("streamKeys", defaults.stream_keys),
+            lambda_memory_mib=read.integer(
+                "lambdaMemoryMiB", defaults.lambda_memory_mib, minimum=128
+            ),
+            fanout_memory_mib=read.integer(
+                "fanoutMemoryMiB", defaults.fanout_memory_mib, minimum=128
+            ),
+            fanout_timeout_seconds=read.integer(
+                "fanoutTimeoutSeconds", defaults.fanout_timeout_seconds, minimum=1
+            ),
+            fanout_reserved_concurrency=read.integer(
+                "fanoutReservedConcurrency", defaults.fanout_reserved_concurrency, minimum=0
+            ),
+            fanout_max_workers=read.integer(
+                "fanoutMaxWorkers", defaults.fanout_max_workers, minimum=1
+            ),
+            post_budget_per_second=read.integer(
+                "postBudgetPerSecond", defaults.post_budget_per_second, minimum=1
+            ),
+            ws_shards=read.integer("wsShards", defaults.ws_shards, minimum=1),
+            ws_stage_name=read.text("wsStageName", defaults.ws_stage_name),
+            http_throttle_rate=read.integer(
+                "httpThrottleRate", defaults.http_throttle_rate, minimum=1
+            ),
+            http_throttle_burst=read.integer(
+                "httpThrottleBurst", defaults.http_throttle_burst, minimum=1
+            ),
+            ws_throttle_rate=read.integer("wsThrottleRate", defaults.ws_throttle_rate, minimum=1),
+            ws_throttle_burst=read.integer(
+                "wsThrottleBurst", defaults.ws_throttle_burst, minimum=1
+            ),
+            schedule_enabled=read.flag("scheduleEnabled", defaults.schedule_enabled),
+            schedule_start=read.text("scheduleStart", defaults.schedule_start),
+            schedule_stop=read.text("scheduleStop", defaults.schedule_stop),
+            alarm_email=read.text("alarmEmail", defaults.alarm_email),
+            monthly_budget_usd=read.number(
+                "monthlyBudgetUsd", defaults.monthly_budget_usd, minimum=0.0
+            ),
+            log_retention_days=read.integer(
+                "logRetentionDays", defaults.log_retention_days, minimum=1
+            ),
+            web_price_class=read.text("webPriceClass", defaults.web_price_class),
+        )
+
+
+def _split_clock(text: str) -> tuple[int, int]:
+    hours, minutes = text.split(":")
+    return int(hours), int(minutes)
+
+
+class _ContextReader:
+    """Casts context values, which are JSON values from cdk.json or strings from `-c`."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def _raw(self, name: str) -> Any:
+        return self._node.try_get_context(PREFIX + name)
+
+    def _cast(self, name: str, default: _T, cast: Callable[[Any], _T]) -> _T:
+        raw = self._raw(name)
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return default
+        try:
+            return cast(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"context {PREFIX}{name} has a bad value: {raw!r}") from None
+
+    def text(self, name: str, default: str) -> str:
+        return self._cast(name, default, lambda raw: str(raw).strip())
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        def cast(raw: Any) -> int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+
+        value = self._cast(name, default, cast)
+        if value < minimum:
+            raise ConfigError(f"context {PREFIX}{name} must be >= {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float) -> float:
+        value = self._cast(name, default, float)
+        if value < minimum:
+            raise ConfigError(f"context {PREFIX}{name} must be >= {minimum}, got {value}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        def cast(raw: Any) -> bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+
+        return self._cast(name, default, cast)
