@@ -288,6 +288,21 @@ def lookup_symbols(keys: Sequence[InstrumentKey | str], *, redis: SyncRedis) -> 
     return {k: _text(v) for k, v in zip(texts, values, strict=True) if v is not None}
 
 
+def describe(keys: Sequence[InstrumentKey | str], *, redis: SyncRedis) -> list[dict[str, str]]:
+    """`{key, symbol, name}` per key in order, symbol and name empty where the master has none."""
+    texts = [str(k) for k in keys]
+    if not texts:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    pipe.hmget(INSTRUMENT_SYMBOLS_KEY, texts)
+    pipe.hmget(INSTRUMENT_NAMES_KEY, texts)
+    symbols, names = pipe.execute()
+    return [
+        {"key": k, "symbol": _text(s) if s is not None else "", "name": _text(n) if n else ""}
+        for k, s, n in zip(texts, symbols, names, strict=True)
+    ]
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 

@@ -148,6 +148,11 @@ def test_load_writes_symbols_names_reverse_lookup_and_meta(redis_client: redis.R
     )
     assert symbols == {"NSE_EQ:2885": "RELIANCE", "IDX_I:13": "NIFTY"}
     assert im.lookup_symbols([], redis=redis_client) == {}
+    assert im.describe(["NSE_EQ:100", "NSE_EQ:999999"], redis=redis_client) == [
+        {"key": "NSE_EQ:100", "symbol": "ARE&M", "name": "Amara Raja, Energy"},
+        {"key": "NSE_EQ:999999", "symbol": "", "name": ""},
+    ]
+    assert im.describe([], redis=redis_client) == []
 
 
 def test_a_reload_replaces_the_master_whole(
