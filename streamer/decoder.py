@@ -125,7 +125,7 @@ PRICE_PACKETS: tuple[type, ...] = (Ticker, Quote, Full)
 class DecodedFrame(NamedTuple):
     packets: list[Packet]
     skipped: int  # packets of codes we do not decode (skipped by length)
-    error: str | None  # why the rest of the frame (or a packet) was rejected
+    error: str | None  # the first problem: a rejected packet, or why the rest was dropped
 
 
 def _full(values: tuple[object, ...]) -> Full:
@@ -152,35 +152,35 @@ def decode_frame(data: bytes | bytearray | memoryview) -> DecodedFrame:
             break
         if code == TICKER:
             if length < 16:
-                error = f"short ticker packet ({length} bytes)"
+                error = error or f"short ticker packet ({length} bytes)"
             else:
                 _c, _l, seg, sid, ltp, ltt = _TICKER.unpack_from(data, offset)
                 append(Ticker(seg, sid, ltp, ltt))
         elif code == QUOTE:
             if length < 50:
-                error = f"short quote packet ({length} bytes)"
+                error = error or f"short quote packet ({length} bytes)"
             else:
                 append(Quote._make(_QUOTE.unpack_from(data, offset)[2:]))
         elif code == FULL:
             if length < 162:
-                error = f"short full packet ({length} bytes)"
+                error = error or f"short full packet ({length} bytes)"
             else:
                 append(_full(_FULL.unpack_from(data, offset)))
         elif code == OI:
             if length < 12:
-                error = f"short OI packet ({length} bytes)"
+                error = error or f"short OI packet ({length} bytes)"
             else:
                 append(OpenInterest._make(_OI.unpack_from(data, offset)[2:]))
         elif code == PREV_CLOSE:
             if length < 16:
-                error = f"short prev-close packet ({length} bytes)"
+                error = error or f"short prev-close packet ({length} bytes)"
             else:
                 append(PrevClose._make(_PREV_CLOSE.unpack_from(data, offset)[2:]))
         elif code == MARKET_STATUS:
             append(MarketStatus(_segment, _sid))
         elif code == DISCONNECT:
             if length < 10:
-                error = f"short disconnect packet ({length} bytes)"
+                error = error or f"short disconnect packet ({length} bytes)"
             else:
                 append(Disconnect._make(_DISCONNECT.unpack_from(data, offset)[2:]))
         else:
