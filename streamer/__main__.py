@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -42,10 +43,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def redis_client(url: str) -> Redis:
+def redis_client(settings: Settings) -> Redis:
     # Fail fast and let our own loops (sink backoff, key source, lease) do the retrying.
-    return Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10,
-                          health_check_interval=15, retry=Retry(NoBackoff(), 1))
+    options: dict[str, Any] = {}
+    if settings.redis_password:  # ElastiCache AUTH token given apart from the URL
+        options["password"] = settings.redis_password.value
+    return Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10,
+                          health_check_interval=15, retry=Retry(NoBackoff(), 1), **options)
 
 
 def secrets_client() -> SecretsClient:
@@ -56,7 +60,7 @@ def secrets_client() -> SecretsClient:
 
 
 async def serve(settings: Settings, credentials: CredentialSource, redactor: Redactor) -> int:
-    redis = redis_client(settings.redis_url)
+    redis = redis_client(settings)
     streamer = Streamer(settings, redis=redis, credentials=credentials,
                         on_credentials=lambda c: redactor.add(c.access_token.value))
     loop = asyncio.get_running_loop()
@@ -96,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     redactor = configure_logging(settings.log_level)
     redactor.add(first.access_token.value)
+    redactor.add(settings.redis_password.value)
     try:
         return asyncio.run(serve(settings, credentials, redactor))
     except CredentialsError as exc:

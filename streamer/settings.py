@@ -3,6 +3,7 @@
 | variable                        | default                   | meaning                          |
 |---------------------------------|---------------------------|----------------------------------|
 | REDIS_URL                       | redis://127.0.0.1:6379/0  | cache, pub/sub, registry         |
+| REDIS_AUTH_TOKEN                |                           | AUTH token when not in the URL   |
 | DHAN_CLIENT_ID                  |                           | DhanHQ client id (local runs)    |
 | DHAN_ACCESS_TOKEN               |                           | DhanHQ access token (local runs) |
 | DHAN_SECRET_ARN                 |                           | Secrets Manager secret (AWS)     |
@@ -144,6 +145,7 @@ def default_instance_id() -> str:
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
+    redis_password: Secret = field(default_factory=lambda: Secret(""))
     feed_url: str = DEFAULT_FEED_URL
     mode: str = "quote"
     keys: tuple[InstrumentKey, ...] = ()
@@ -217,6 +219,7 @@ def load_settings(
         raise ConfigError(f"STREAMER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level}")
     return Settings(
         redis_url=redis_url or env.text("REDIS_URL", DEFAULT_REDIS_URL),
+        redis_password=env.secret("REDIS_AUTH_TOKEN"),
         feed_url=url,
         mode=chosen_mode,
         keys=_keys(keys, "--keys") if keys is not None else _keys(

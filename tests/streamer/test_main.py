@@ -16,7 +16,8 @@ import redis
 from core.messages import loads
 from core.names import HEARTBEAT_KEY, STREAMER_LEASE_KEY
 from local.dhan_sim.feed import FeedSimulator, SimConfig
-from streamer.__main__ import main
+from streamer.__main__ import main, redis_client
+from streamer.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +46,23 @@ def test_bad_flags_exit_2(monkeypatch: pytest.MonkeyPatch,
     assert main(["--keys", "NSE:1"]) == 2
     assert "unknown segment" in capsys.readouterr().err
     assert main(["--mode", "depth"]) == 2
+
+
+async def test_the_redis_auth_token_reaches_the_client() -> None:
+    settings = load_settings({"REDIS_URL": "rediss://cache.example:6379/0",
+                              "REDIS_AUTH_TOKEN": "s3cret-token"})
+    assert "s3cret" not in repr(settings)
+    client = redis_client(settings)
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["password"] == "s3cret-token" and kwargs["host"] == "cache.example"
+    finally:
+        await client.aclose()
+    plain = redis_client(load_settings({}))
+    try:
+        assert plain.connection_pool.connection_kwargs.get("password") is None
+    finally:
+        await plain.aclose()
 
 
 async def test_sigterm_flushes_says_goodbye_and_exits_0(redis_url: str,
