@@ -23,7 +23,7 @@ from constructs import Construct
 
 METRICS_NAMESPACE = "LtpStream"
 STREAMER_COMMAND = ["python", "-m", "streamer"]
-BRIDGE_COMMAND = ["python", "-m", "streamer.bridge"]
+BRIDGE_COMMAND = ["python", "-m", "streamer.bridge_main"]
 
 
 class StreamerService(Construct):
@@ -105,7 +105,7 @@ class StreamerService(Construct):
                 **redis_env,
                 "FANOUT_FUNCTION_NAME": fanout_function.function_name,
                 "WS_SHARDS": str(ws_shards),
-                "POST_BUDGET_PER_SECOND": str(post_budget_per_second),
+                "WS_POST_BUDGET_PER_SECOND": str(post_budget_per_second),
                 "POWERTOOLS_SERVICE_NAME": "bridge",
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             },

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from functions.schedule.calendar import CALENDAR_FILE, HolidayCalendar  # noqa: E402
+from functions.schedule.nse_calendar import CALENDAR_FILE, HolidayCalendar  # noqa: E402
 
 OUTPUT = REPO_ROOT / "functions" / "schedule" / CALENDAR_FILE
 CALENDAR = "XNSE"

@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from functions.schedule.calendar import HolidayCalendar
 from functions.schedule.control import StreamControl
 from functions.schedule.decision import decide, parse_action, trading_day
 from functions.schedule.errors import ScheduleEventError
+from functions.schedule.nse_calendar import HolidayCalendar
 
 log = logging.getLogger(__name__)
 

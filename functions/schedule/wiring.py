@@ -9,8 +9,8 @@ from typing import Any
 
 from redis import Redis
 
-from functions.schedule.calendar import load_shipped
 from functions.schedule.control import RegistryStreamControl
+from functions.schedule.nse_calendar import load_shipped
 from functions.schedule.runner import MarketHoursScheduler, utc_now
 from functions.schedule.settings import ScheduleSettings
 from functions.secrets import SecretsCache, SecretsClient

@@ -7,8 +7,8 @@ from datetime import date
 
 import pytest
 
-from functions.schedule.calendar import HolidayCalendar, load_shipped
 from functions.schedule.errors import CalendarError
+from functions.schedule.nse_calendar import HolidayCalendar, load_shipped
 
 
 def test_the_shipped_calendar_loads_and_lists_only_weekdays() -> None:
