@@ -41,7 +41,9 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"{reason}; install it with `apt-get install -y chromium` to run browser tests")
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is active its event loop counts as
+# running on the main thread, which would break every asyncio test that runs after it.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
         _unavailable(f"no Chromium at {CHROMIUM}")
