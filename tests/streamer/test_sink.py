@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis
@@ -40,34 +41,38 @@ async def proxied(proxy: CuttableProxy) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
-async def next_message(pubsub: aioredis.client.PubSub) -> dict[str, object]:
+async def next_message(pubsub: aioredis.client.PubSub, key: str) -> dict[str, Any]:
+    """The next batch carrying `key` (Pub/Sub is server-wide: other publishers may talk)."""
     async with asyncio.timeout(5):
         while True:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
             if message is not None:
-                return loads(message["data"])  # type: ignore[no-any-return]
+                batch: dict[str, Any] = loads(message["data"])
+                if any(u["key"] == key for u in batch.get("updates", [])):
+                    return batch
 
 
 async def test_one_flush_sets_every_key_with_ttl_and_publishes_one_batch(
     aredis: aioredis.Redis, redis_client: redis.Redis
 ) -> None:
-    coalescer = Coalescer(symbols={"NSE_EQ:1333": "HDFCBANK"})
+    coalescer = Coalescer(symbols={"NSE_EQ:987651333": "HDFCBANK"})
     sink = RedisSink(redis=aredis, coalescer=coalescer)
     async with aredis.pubsub() as pubsub:
         await pubsub.subscribe(LIVE_LTP_CHANNEL)
-        coalescer.add(1, 1333, 1600.1234, 10)
-        coalescer.add(1, 1333, 1601.5, 11)
-        coalescer.add(0, 13, 22000.0, 11)
+        coalescer.add(1, 987651333, 1600.1234, 10)
+        coalescer.add(1, 987651333, 1601.5, 11)
+        coalescer.add(0, 987650013, 22000.0, 11)
         assert await sink.flush()
-        message = await next_message(pubsub)
-    assert redis_client.get("ltp:NSE_EQ:1333") == b"1601.5"
-    assert redis_client.get("ltp:IDX_I:13") == b"22000.0"
-    assert 0 < redis_client.ttl("ltp:NSE_EQ:1333") <= 30
+        message = await next_message(pubsub, "NSE_EQ:987651333")
+    assert redis_client.get("ltp:NSE_EQ:987651333") == b"1601.5"
+    assert redis_client.get("ltp:IDX_I:987650013") == b"22000.0"
+    assert 0 < redis_client.ttl("ltp:NSE_EQ:987651333") <= 30
     assert message["type"] == "screener_ltp_batch_update"
-    updates = {u["key"]: u for u in message["updates"]}  # type: ignore[attr-defined]
-    assert updates["NSE_EQ:1333"]["ltp"] == 1601.5
-    assert updates["NSE_EQ:1333"]["symbol"] == "HDFCBANK"
-    assert updates["IDX_I:13"]["security_id"] == "13"
+    updates = {u["key"]: u for u in message["updates"]}
+    assert len(updates) == 2
+    assert updates["NSE_EQ:987651333"]["ltp"] == 1601.5
+    assert updates["NSE_EQ:987651333"]["symbol"] == "HDFCBANK"
+    assert updates["IDX_I:987650013"]["security_id"] == "987650013"
     assert sink.written == 2 and sink.published == 1
     assert await sink.flush()  # nothing pending: nothing sent
     assert sink.published == 1
