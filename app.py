@@ -33,8 +33,11 @@ def build_app(app: cdk.App | None = None) -> tuple[cdk.App, LtpStack]:
     )
     cdk.Tags.of(stack).add("project", "ltp-stream")
     cdk.Tags.of(stack).add("stage", stage)
-    # cdk-nag fails the synth on any finding that infra/nag.py does not acknowledge.
-    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    # cdk-nag fails the synth on any finding that infra/nag.py does not acknowledge, and
+    # copies each acknowledgment with its reason into the template (an audit trail).
+    cdk.Validations.of(app).add_plugins(
+        AwsSolutionsChecks(app, write_suppressions_to_cloud_formation=True)
+    )
     return app, stack
 
 

@@ -28,6 +28,12 @@ LAMBDA_VPC_ROLE = (
 )
 
 
+BASIC_ROLE_REASON = (
+    "AWSLambdaBasicExecutionRole only lets a function write its own CloudWatch logs; it is the "
+    "AWS-maintained minimum every Lambda role needs."
+)
+
+
 def acknowledge(construct: IConstruct, rule: str, reason: str) -> None:
     if not reason.strip():
         raise ValueError(f"acknowledging {rule} needs a reason")
@@ -62,20 +68,6 @@ def acknowledge_findings(stack: LtpStack) -> None:
     region = _pseudo(stack.region, "Region")
     account = _pseudo(stack.account, "AccountId")
 
-    # Managed policies of every Lambda role (ours and CDK's own deployment handler).
-    acknowledge(
-        stack,
-        LAMBDA_BASIC_ROLE,
-        "AWSLambdaBasicExecutionRole only lets a function write its own CloudWatch logs; it is "
-        "the AWS-maintained minimum every Lambda role needs.",
-    )
-    acknowledge(
-        stack,
-        LAMBDA_VPC_ROLE,
-        "AWSLambdaVPCAccessExecutionRole lets a VPC function create and delete its network "
-        "interfaces; the functions must be in the VPC to reach ElastiCache.",
-    )
-
     functions = [
         stack.http.handler,
         *stack.websocket.functions,
@@ -83,6 +75,13 @@ def acknowledge_findings(stack: LtpStack) -> None:
         stack.schedule.handler,
     ]
     for handler in functions:
+        acknowledge(handler, LAMBDA_BASIC_ROLE, BASIC_ROLE_REASON)
+        acknowledge(
+            handler,
+            LAMBDA_VPC_ROLE,
+            "AWSLambdaVPCAccessExecutionRole lets a VPC function create and delete its "
+            "network interfaces; the functions must be in the VPC to reach ElastiCache.",
+        )
         acknowledge(
             handler,
             "AwsSolutions-L1",
@@ -222,6 +221,7 @@ def acknowledge_findings(stack: LtpStack) -> None:
             "AwsSolutions-L1",
             "aws-cdk-lib's BucketDeployment handler; its runtime is chosen by aws-cdk-lib.",
         )
+        acknowledge(deployment, LAMBDA_BASIC_ROLE, BASIC_ROLE_REASON)
         for rule in (
             *(f"AwsSolutions-IAM5[Action::s3:{action}]"
               for action in ("Abort*", "DeleteObject*", "GetBucket*", "GetObject*", "List*")),

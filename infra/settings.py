@@ -97,27 +97,37 @@ class DeploySettings:
     web_price_class: str = "200"
 
     def __post_init__(self) -> None:
-        for name in ("schedule_start", "schedule_stop"):
-            if not _CLOCK.match(getattr(self, name)):
-                raise ConfigError(f"{name} must be HH:MM (24 h), got {getattr(self, name)!r}")
+        # Messages name the context keys: that is where a deployer sets these values.
+        for key, value in (("scheduleStart", self.schedule_start),
+                           ("scheduleStop", self.schedule_stop)):  # fmt: skip
+            if not _CLOCK.match(value):
+                raise ConfigError(f"context {PREFIX}{key} must be HH:MM (24 h), got {value!r}")
         if self.schedule_stop <= self.schedule_start:
             raise ConfigError(
-                f"schedule_stop {self.schedule_stop} must be after schedule_start "
-                f"{self.schedule_start}"
+                f"context {PREFIX}scheduleStop ({self.schedule_stop}) must be after "
+                f"{PREFIX}scheduleStart ({self.schedule_start})"
             )
         if self.cache_engine not in ("valkey", "redis"):
-            raise ConfigError(f"cache_engine must be valkey or redis, got {self.cache_engine!r}")
+            raise ConfigError(
+                f"context {PREFIX}cacheEngine must be valkey or redis, got {self.cache_engine!r}"
+            )
         if self.cache_multi_az and self.cache_replicas < 1:
-            raise ConfigError("cache_multi_az needs cache_replicas >= 1")
+            raise ConfigError(f"context {PREFIX}cacheMultiAz needs {PREFIX}cacheReplicas >= 1")
         if self.ws_mode not in WS_MODES:
-            raise ConfigError(f"ws_mode must be one of {', '.join(WS_MODES)}, got {self.ws_mode!r}")
+            raise ConfigError(
+                f"context {PREFIX}wsMode must be one of {', '.join(WS_MODES)}, "
+                f"got {self.ws_mode!r}"
+            )
         if self.web_price_class not in ("100", "200", "All"):
             raise ConfigError(
-                f"web_price_class must be 100, 200 or All, got {self.web_price_class!r}"
+                f"context {PREFIX}webPriceClass must be 100, 200 or All, "
+                f"got {self.web_price_class!r}"
             )
         if self.nat_gateways < 1:
             # The streamer's feed, DhanHQ REST and every @connections post leave through NAT.
-            raise ConfigError("nat_gateways must be >= 1: the feed and @connections need egress")
+            raise ConfigError(
+                f"context {PREFIX}natGateways must be >= 1: the feed and @connections need egress"
+            )
 
     @property
     def start_clock(self) -> tuple[int, int]:

@@ -1,0 +1,160 @@
+"""HTTP API, WebSocket API, fan-out and the Lambda functions behind them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk.assertions import Match, Template
+
+from tests.infra.helpers import Synthesized, logical_id
+
+HANDLERS = {
+    "functions.api.handler",
+    "functions.ws.authorize",
+    "functions.ws.connect",
+    "functions.ws.disconnect",
+    "functions.ws.message",
+    "functions.fanout.handler",
+    "functions.schedule.handler",
+}
+
+
+def project_functions(synthesized: Synthesized) -> dict[str, dict[str, Any]]:
+    return {
+        f["Properties"]["Handler"]: f["Properties"]
+        for f in synthesized.of_type("AWS::Lambda::Function")
+        if f["Properties"].get("Handler", "").startswith("functions.")
+    }
+
+
+def test_every_handler_is_a_python_312_function_in_the_vpc(synthesized: Synthesized) -> None:
+    found = project_functions(synthesized)
+    assert set(found) == HANDLERS
+    log_groups = {
+        name for name, r in synthesized.resources.items() if r["Type"] == "AWS::Logs::LogGroup"
+    }
+    for handler, props in found.items():
+        assert props["Runtime"] == "python3.12", handler
+        assert props["Architectures"] == ["x86_64"], handler
+        assert len(props["VpcConfig"]["SubnetIds"]) == 2, handler
+        # Each function logs to its own group with a retention (no never-expiring default).
+        assert props["LoggingConfig"]["LogGroup"]["Ref"] in log_groups, handler
+
+
+def test_functions_get_the_contract_environment(synthesized: Synthesized) -> None:
+    stack = synthesized.stack
+    found = project_functions(synthesized)
+    env = {handler: props["Environment"]["Variables"] for handler, props in found.items()}
+    for handler in HANDLERS - {"functions.ws.authorize"}:
+        assert env[handler]["REDIS_AUTH_SECRET_ARN"] == {
+            "Ref": logical_id(stack, stack.cache.auth_secret)
+        }, handler
+    service_name = {"Fn::GetAtt": [logical_id(stack, stack.streamer.service), "Name"]}
+    for handler in ("functions.api.handler", "functions.schedule.handler"):
+        assert env[handler]["STREAMER_SERVICE"] == service_name
+        assert env[handler]["STREAMER_CLUSTER"] == {
+            "Ref": logical_id(stack, stack.streamer.cluster)
+        }
+    api = env["functions.api.handler"]
+    assert api["ADMIN_SECRET_ARN"] == {"Ref": logical_id(stack, stack.admin_secret)}
+    assert api["DHAN_SECRET_ARN"] == {"Ref": logical_id(stack, stack.dhan_secret)}
+    assert env["functions.ws.authorize"]["WS_TOKEN_SECRET_ARN"] == {
+        "Ref": logical_id(stack, stack.ws_token_secret)
+    }
+    for handler in ("functions.fanout.handler", "functions.ws.message"):
+        callback = str(env[handler]["WEBSOCKET_CALLBACK_URL"])
+        assert logical_id(stack, stack.websocket.api) in callback and "/live" in callback
+
+
+def test_the_http_api_sends_everything_to_the_api_function(
+    synthesized: Synthesized, template: Template
+) -> None:
+    stack = synthesized.stack
+    template.has_resource_properties(
+        "AWS::ApiGatewayV2::Integration",
+        {
+            "IntegrationType": "AWS_PROXY",
+            "PayloadFormatVersion": "2.0",
+            "IntegrationUri": {"Fn::GetAtt": [logical_id(stack, stack.http.function), "Arn"]},
+        },
+    )
+    template.has_resource_properties("AWS::ApiGatewayV2::Route", {"RouteKey": "$default",
+                                                                  "AuthorizationType": "NONE"})
+    template.has_resource_properties(
+        "AWS::ApiGatewayV2::Stage",
+        {
+            "StageName": "$default",
+            "AutoDeploy": True,
+            "DefaultRouteSettings": {"ThrottlingRateLimit": 200, "ThrottlingBurstLimit": 400},
+            "AccessLogSettings": {"Format": Match.string_like_regexp(r"\$context\.requestId")},
+        },
+    )
+    # CORS allows the CloudFront page only.
+    template.has_resource_properties(
+        "AWS::ApiGatewayV2::Api",
+        {
+            "ProtocolType": "HTTP",
+            "CorsConfiguration": {
+                "AllowOrigins": [
+                    {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [
+                        logical_id(stack, stack.web.distribution), "DomainName"]}]]}
+                ]
+            },
+        },
+    )
+
+
+def test_the_websocket_api_routes_and_its_connect_authorizer(
+    synthesized: Synthesized, template: Template
+) -> None:
+    stack = synthesized.stack
+    template.has_resource_properties(
+        "AWS::ApiGatewayV2::Api",
+        {"ProtocolType": "WEBSOCKET", "RouteSelectionExpression": "$request.body.action"},
+    )
+    api = logical_id(stack, stack.websocket.api)
+    routes = {
+        r["Properties"]["RouteKey"]: r["Properties"]
+        for r in synthesized.of_type("AWS::ApiGatewayV2::Route")
+        if r["Properties"]["ApiId"] == {"Ref": api}
+    }
+    assert set(routes) == {"$connect", "$disconnect", "$default", "subscribe", "unsubscribe",
+                           "ping"}  # fmt: skip
+    assert routes["$connect"]["AuthorizationType"] == "CUSTOM"
+    assert all(r["AuthorizationType"] == "NONE" for k, r in routes.items() if k != "$connect")
+    template.has_resource_properties(
+        "AWS::ApiGatewayV2::Authorizer",
+        {
+            "AuthorizerType": "REQUEST",
+            "IdentitySource": ["route.request.querystring.token"],
+            "AuthorizerUri": Match.object_like({"Fn::Join": ["", Match.array_with([
+                {"Fn::GetAtt": [logical_id(stack, stack.websocket.authorize.function), "Arn"]},
+            ])]}),
+        },
+    )
+    # The three actions and $default go to the message handler.
+    message_targets = {str(routes[k]["Target"]) for k in ("$default", "subscribe",
+                                                           "unsubscribe", "ping")}  # fmt: skip
+    assert len(message_targets) == 1
+    template.has_resource_properties(
+        "AWS::ApiGatewayV2::Stage",
+        {"StageName": "live", "ApiId": {"Ref": api},
+         "AccessLogSettings": Match.object_like({"Format": Match.string_like_regexp("routeKey")})},
+    )
+
+
+def test_the_fanout_reserves_concurrency_and_drops_stale_windows(
+    synthesized: Synthesized, template: Template
+) -> None:
+    stack = synthesized.stack
+    fanout = project_functions(synthesized)["functions.fanout.handler"]
+    assert fanout["ReservedConcurrentExecutions"] == 20
+    assert fanout["MemorySize"] == 1024
+    template.has_resource_properties(
+        "AWS::Lambda::EventInvokeConfig",
+        {
+            "FunctionName": {"Ref": logical_id(stack, stack.fanout.function)},
+            "MaximumRetryAttempts": 0,
+            "MaximumEventAgeInSeconds": 60,
+        },
+    )
