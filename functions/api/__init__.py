@@ -1,30 +1,24 @@
-"""Lambda entry point of the HTTP API: `functions.api.handler` (Mangum over `functions.api.app`).
+"""The HTTP API (FastAPI on Lambda through Mangum, API Gateway HTTP API payload 2.0).
 
-Built once per execution environment: settings, the Redis client (reused across warm
-invocations) and the FastAPI app. The same `app` runs under uvicorn for the local run:
-`uvicorn functions.api:app`.
+Entry points: `functions.api.handler` (the Lambda handler) and `functions.api.app` (the ASGI
+app, also served by uvicorn locally: `uvicorn functions.api:app`). Both are built on first
+access from `functions.api.entry`, so that importing a submodule (`functions.api.keys`, ...)
+never reads the environment or opens anything.
+
+Routes: GET|POST /api/v1/current_prices, POST /screeners/ltp/start, POST /screeners/ltp/stop,
+GET /api/v1/health/market_stream, plus /docs and /openapi.json.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.logging import correlation_paths
-from mangum import Mangum
-
-from functions.api.application import create_app
-from functions.api.deps import ApiDeps, connect_redis
-from functions.api.observability import logger, new_metrics
-from functions.settings import Settings
-
-settings = Settings.from_env()
-metrics = new_metrics(settings.metrics_namespace)
-redis_client = connect_redis(settings)
-app = create_app(ApiDeps.for_settings(settings, redis=redis_client, metrics=metrics))
-asgi_handler = Mangum(app, lifespan="off")
+_ENTRY_NAMES = {"app", "handler", "asgi_handler", "settings", "redis_client", "metrics"}
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
-@metrics.log_metrics
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return asgi_handler(event, context)
+def __getattr__(name: str) -> Any:
+    if name in _ENTRY_NAMES:
+        from functions.api import entry
+
+        return getattr(entry, name)
+    raise AttributeError(f"module 'functions.api' has no attribute {name!r}")

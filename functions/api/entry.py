@@ -1,0 +1,30 @@
+"""The HTTP API's entry point, built once per execution environment when first imported.
+
+Settings, the Redis client (reused across warm invocations), the FastAPI app and the Mangum
+handler live at module scope here; `functions.api` exposes them lazily as `functions.api.app`
+and `functions.api.handler`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from mangum import Mangum
+
+from functions.api.application import create_app
+from functions.api.deps import ApiDeps, connect_redis
+from functions.api.observability import logger, new_metrics
+from functions.settings import Settings
+
+settings = Settings.from_env()
+metrics = new_metrics(settings.metrics_namespace)
+redis_client = connect_redis(settings)
+app = create_app(ApiDeps.for_settings(settings, redis=redis_client, metrics=metrics))
+asgi_handler = Mangum(app, lifespan="off")
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return asgi_handler(event, context)

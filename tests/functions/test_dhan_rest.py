@@ -1,0 +1,317 @@
+"""The DhanHQ REST fallback: pure planning/parsing, and the real `dhanhq` SDK against the
+simulator's REST stand-in (successes and its failure answers), through the API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.config import Secret
+from core.instruments import SEGMENT_CODES, InstrumentKey
+from core.names import DHAN_REST_RATELIMIT_KEY
+from functions.dhan_rest import (
+    AUTH_ERROR,
+    DHAN_ERROR,
+    NOT_FOUND,
+    NOT_SUBSCRIBED,
+    RATE_LIMITED,
+    TIMEOUT,
+    classify_failure,
+    parse_ltp_answer,
+    plan_calls,
+    securities_of,
+    store_prices,
+)
+from functions.ratelimit import RateLimiter
+from local.dhan_sim.rest import RestStandIn
+from tests.functions import test_api_support as support
+from tests.functions.test_api_support import ApiHarness, MakeApi
+
+make_api = support.make_api
+
+CLIENT_ID = "1000000001"
+TOKEN = "sim-token"
+
+
+# --- pure: planning and parsing ----------------------------------------------------------------
+
+keys_strategy = st.lists(
+    st.builds(InstrumentKey, st.sampled_from(sorted(SEGMENT_CODES)),
+              st.integers(0, 10**6).map(str)),  # fmt: skip
+    unique=True,
+    max_size=2600,
+)
+
+
+@given(keys=keys_strategy, max_ids=st.integers(1, 1000))
+def test_plan_covers_every_key_once_within_the_cap(keys: list[InstrumentKey], max_ids: int) -> None:
+    calls = plan_calls(keys, max_ids=max_ids)
+    flat = [key for call in calls for key in call]
+    assert sorted(flat) == sorted(keys)
+    assert all(0 < len(call) <= max_ids for call in calls)
+    # As few calls as the cap allows: each rate-limit slot is precious.
+    assert len(calls) == -(-len(keys) // max_ids)
+    # Keys of one segment stay together (grouped by segment).
+    order = [key.segment for key in flat]
+    seen: list[str] = []
+    for segment in order:
+        if not seen or seen[-1] != segment:
+            assert segment not in seen
+            seen.append(segment)
+
+
+def test_securities_body_uses_integer_ids_per_segment() -> None:
+    call = [InstrumentKey("NSE_EQ", "1333"), InstrumentKey("NSE_FNO", "49081"),
+            InstrumentKey("NSE_EQ", "11536")]  # fmt: skip
+    assert securities_of(call) == {"NSE_EQ": [1333, 11536], "NSE_FNO": [49081]}
+
+
+def test_parse_success_in_the_sdk_wrapping() -> None:
+    call = [InstrumentKey("NSE_EQ", "1"), InstrumentKey("NSE_EQ", "2"), InstrumentKey("IDX_I", "3")]
+    quotes = {"NSE_EQ": {"1": {"last_price": 12.5}, "2": {"last_price": "oops"}}}
+    answer = {"status": "success", "remarks": "", "data": {"status": "success", "data": quotes}}
+    prices, missing, error = parse_ltp_answer(call, answer)
+    assert prices == {"NSE_EQ:1": 12.5}
+    assert missing == {"NSE_EQ:2": NOT_FOUND, "IDX_I:3": NOT_FOUND}
+    assert error is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {},
+        {"status": "success"},
+        {"status": "success", "data": []},
+        {"status": "success", "data": {"data": {"NSE_EQ": 5}}},
+        {"status": "failure"},
+        {"status": "failure", "remarks": 7},
+    ],
+)
+def test_parse_never_raises_on_odd_answers(answer: dict[str, Any]) -> None:
+    prices, missing, _ = parse_ltp_answer([InstrumentKey("NSE_EQ", "1")], answer)
+    assert prices == {}
+    assert set(missing) == {"NSE_EQ:1"}
+
+
+@pytest.mark.parametrize(
+    ("remarks", "reason"),
+    [
+        ({"error_code": "DH-904", "error_type": "Rate_Limit", "error_message": "x"}, RATE_LIMITED),
+        ({"error_code": "805", "error_type": None, "error_message": "Too many"}, RATE_LIMITED),
+        ({"error_code": "DH-901", "error_type": "Invalid_Authentication", "error_message": "x"},
+         AUTH_ERROR),  # fmt: skip
+        ({"error_code": "807", "error_type": None, "error_message": "expired"}, AUTH_ERROR),
+        ({"error_code": "806", "error_type": "Data_Error", "error_message": "x"}, NOT_SUBSCRIBED),
+        ({"error_code": "DH-905", "error_type": "Input_Exception", "error_message": "x"},
+         DHAN_ERROR),  # fmt: skip
+        ("HTTPConnectionPool(host='x', port=1): Read timed out. (read timeout=0.3)", TIMEOUT),
+        ("Expecting value: line 1 column 1 (char 0)", DHAN_ERROR),
+    ],
+)
+def test_failures_are_classified(remarks: Any, reason: str) -> None:
+    got, entry = classify_failure(remarks)
+    assert got == reason
+    assert entry["reason"] == reason
+
+
+# --- the limiter -------------------------------------------------------------------------------
+
+
+def test_limiter_is_shared_by_every_instance(redis_client: redis.Redis) -> None:
+    first = RateLimiter(redis=redis_client, interval=30.0)
+    second = RateLimiter(redis=redis_client, interval=30.0)
+    assert first.try_acquire() == 0.0
+    wait = second.try_acquire()
+    assert 0.0 < wait <= 30.0
+    assert first.try_acquire() > 0.0
+    ttl = redis_client.pttl(DHAN_REST_RATELIMIT_KEY)
+    assert 0 < ttl <= 30_000
+
+
+def test_limiter_gives_up_when_the_wait_passes_the_deadline(redis_client: redis.Redis) -> None:
+    clock = [100.0]
+    slept: list[float] = []
+    limiter = RateLimiter(redis=redis_client, interval=30.0, clock=lambda: clock[0],
+                          sleep=slept.append)  # fmt: skip
+    assert limiter.acquire(deadline=100.0)
+    assert not limiter.acquire(deadline=101.0)
+    assert slept == []
+
+
+def test_limiter_waits_for_the_slot_within_the_deadline(redis_client: redis.Redis) -> None:
+    limiter = RateLimiter(redis=redis_client, interval=0.05)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        time.sleep(seconds)
+
+    waiting = RateLimiter(redis=redis_client, interval=0.05, sleep=sleep)
+    assert limiter.acquire(deadline=float("inf"))
+    assert waiting.acquire(deadline=float("inf"))
+    assert slept and all(0 < s <= 0.05 for s in slept)
+
+
+def test_limiter_repairs_a_slot_key_without_expiry(redis_client: redis.Redis) -> None:
+    redis_client.set(DHAN_REST_RATELIMIT_KEY, "stuck")
+    limiter = RateLimiter(redis=redis_client, interval=0.5)
+    assert limiter.try_acquire() > 0.0
+    assert 0 < redis_client.pttl(DHAN_REST_RATELIMIT_KEY) <= 500
+
+
+# --- caching -----------------------------------------------------------------------------------
+
+
+def test_store_never_overwrites_the_streams_price(redis_client: redis.Redis) -> None:
+    redis_client.set("ltp:NSE_EQ:1333", "1500.25", ex=30)
+    store_prices(redis=redis_client, prices={"NSE_EQ:1333": 1.0, "NSE_EQ:2885": 2450.1})
+    assert redis_client.get("ltp:NSE_EQ:1333") == b"1500.25"
+    assert redis_client.get("ltp:NSE_EQ:2885") == b"2450.1"
+    assert 0 < redis_client.ttl("ltp:NSE_EQ:2885") <= 30
+
+
+# --- through the SDK, against the stand-in -----------------------------------------------------
+
+
+@pytest.fixture
+def rest() -> Iterator[RestStandIn]:
+    with RestStandIn(client_id=CLIENT_ID, access_token=TOKEN, rate_limit_interval=0.04) as stand_in:
+        yield stand_in
+
+
+def dhan_api(make_api: MakeApi, rest: RestStandIn, **overrides: Any) -> ApiHarness:
+    settings: dict[str, Any] = {
+        "dhan_client_id": CLIENT_ID,
+        "dhan_access_token": Secret(TOKEN),
+        "dhan_api_base_url": rest.base_url,
+        "dhan_rest_min_interval": 0.06,
+        "dhan_rest_timeout": 2.0,
+        "dhan_rest_budget": 5.0,
+    }
+    settings.update(overrides)
+    return make_api(**settings)
+
+
+def test_misses_are_fetched_through_the_sdk_and_cached(
+    make_api: MakeApi, rest: RestStandIn, redis_client: redis.Redis
+) -> None:
+    api = dhan_api(make_api, rest)
+    rest.set_price("NSE_EQ", "11536", 3901.05)
+    rest.set_price("IDX_I", "13", 24500.4)
+    redis_client.set("ltp:NSE_EQ:1333", "1234.5")
+
+    body = api.get_prices("keys=NSE_EQ:1333,NSE_EQ:11536,IDX_I:13").json()
+
+    assert body["prices"] == {"NSE_EQ:1333": 1234.5, "NSE_EQ:11536": 3901.05, "IDX_I:13": 24500.4}
+    assert (body["cached_count"], body["api_fetched_count"], body["count"]) == (1, 2, 3)
+    assert body["missing"] == {}
+    assert len(rest.calls) == 1
+    call = rest.calls[0]
+    assert call["path"] == "/v2/marketfeed/ltp"
+    assert call["body"]["NSE_EQ"] == [11536]
+    assert call["body"]["IDX_I"] == [13]
+    assert call["headers"]["access-token"] == TOKEN
+    assert call["headers"]["client-id"] == CLIENT_ID
+    assert redis_client.get("ltp:NSE_EQ:11536") == b"3901.05"
+    assert 0 < redis_client.ttl("ltp:IDX_I:13") <= 30
+
+    again = api.get_prices("keys=NSE_EQ:11536,IDX_I:13").json()
+    assert again["cached_count"] == 2
+    assert len(rest.calls) == 1
+
+
+def test_ids_dhan_does_not_know_are_not_found(
+    make_api: MakeApi, rest: RestStandIn
+) -> None:
+    api = dhan_api(make_api, rest)
+    rest.unknown_ids_missing = True
+    rest.set_price("NSE_EQ", "1333", 1234.5)
+    body = api.post_prices({"keys": ["NSE_EQ:1333", "NSE_EQ:99999"]}).json()
+    assert body["prices"] == {"NSE_EQ:1333": 1234.5}
+    assert body["missing"] == {"NSE_EQ:99999": "not_found"}
+    assert body["errors"] == []
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind", "reason"),
+    [
+        (429, "DH-904", "Rate_Limit", "rate_limited"),
+        (400, "806", "Data_Error", "dhan_not_subscribed"),
+        (401, "DH-901", "Invalid_Authentication", "dhan_auth_error"),
+        (500, "DH-908", "Internal_Server_Error", "dhan_error"),
+    ],
+)
+def test_dhan_failures_are_reported_in_the_body_never_a_500(
+    make_api: MakeApi, rest: RestStandIn, status: int, code: str, kind: str, reason: str
+) -> None:
+    api = dhan_api(make_api, rest)
+    rest.fail_next(n=1, http_status=status, error_code=code, error_type=kind,
+                   message=f"{kind} happened")  # fmt: skip
+    answer = api.get_prices("keys=NSE_EQ:1333,NSE_FNO:49081")
+    assert answer.status == 200
+    body = answer.json()
+    assert body["prices"] == {}
+    assert body["missing"] == {"NSE_EQ:1333": reason, "NSE_FNO:49081": reason}
+    [error] = body["errors"]
+    assert error == {"reason": reason, "code": code, "type": kind, "message": f"{kind} happened",
+                     "keys": 2, "segments": ["NSE_EQ", "NSE_FNO"]}  # fmt: skip
+
+
+def test_wrong_token_is_an_auth_error_in_the_body(make_api: MakeApi, rest: RestStandIn) -> None:
+    api = dhan_api(make_api, rest, dhan_access_token=Secret("expired-token"))
+    body = api.get_prices("keys=NSE_EQ:1333").json()
+    assert body["missing"] == {"NSE_EQ:1333": "dhan_auth_error"}
+    assert body["errors"][0]["code"] == "DH-901"
+
+
+def test_a_slow_dhan_becomes_timeout_not_a_hang(make_api: MakeApi, rest: RestStandIn) -> None:
+    api = dhan_api(make_api, rest, dhan_rest_timeout=0.3, dhan_rest_budget=1.0)
+    rest.delay = 5.0
+    answer = api.get_prices("keys=NSE_EQ:1333")
+    assert answer.status == 200
+    assert answer.json()["missing"] == {"NSE_EQ:1333": "timeout"}
+    assert answer.json()["errors"][0]["reason"] == "timeout"
+
+
+def test_a_taken_rate_limit_slot_lists_keys_as_rate_limited_without_calling(
+    make_api: MakeApi, rest: RestStandIn, redis_client: redis.Redis
+) -> None:
+    api = dhan_api(make_api, rest, dhan_rest_budget=0.5)
+    # Another Lambda holds the deployment's slot for longer than this request's budget.
+    redis_client.set(DHAN_REST_RATELIMIT_KEY, "other-lambda", px=60_000)
+    body = api.get_prices("keys=NSE_EQ:1333,BSE_EQ:500325").json()
+    assert body["missing"] == {"NSE_EQ:1333": "rate_limited", "BSE_EQ:500325": "rate_limited"}
+    assert rest.calls == []
+
+
+def test_thousands_of_misses_go_in_calls_of_at_most_1000_spaced_by_the_limiter(
+    make_api: MakeApi, rest: RestStandIn
+) -> None:
+    api = dhan_api(make_api, rest)
+    keys = [f"NSE_EQ:{i}" for i in range(1, 1301)] + [f"NSE_FNO:{i}" for i in range(1, 1201)]
+    body = api.post_prices({"keys": keys}).json()
+    assert body["api_fetched_count"] == 2500
+    assert body["missing"] == {}
+    assert body["errors"] == []  # the stand-in's own 1 call / interval check never fired
+    sizes = [sum(len(v) for k, v in call["body"].items() if k != "dhanClientId")
+             for call in rest.calls]  # fmt: skip
+    assert sizes == [1000, 1000, 500]
+
+
+def test_budget_exhausted_by_the_limiter_lists_the_rest_as_rate_limited(
+    make_api: MakeApi, rest: RestStandIn
+) -> None:
+    api = dhan_api(make_api, rest, dhan_rest_min_interval=5.0, dhan_rest_budget=0.5)
+    keys = [f"NSE_EQ:{i}" for i in range(1, 1501)]
+    body = api.post_prices({"keys": keys}).json()
+    assert body["api_fetched_count"] == 1000
+    reasons = set(body["missing"].values())
+    assert reasons == {"rate_limited"}
+    assert len(body["missing"]) == 500
+    assert len(rest.calls) == 1
