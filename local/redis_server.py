@@ -83,12 +83,48 @@ def private_redis_server(binary: str) -> Iterator[RedisHandle]:
                 proc.kill()
 
 
+class _ErrorReplies:
+    """A fakeredis connection whose error replies are returned, not raised.
+
+    fakeredis's TCP handler closes the socket after any reply it gets as an exception, so a
+    client's first EVALSHA of a script (NOSCRIPT, answered by SCRIPT LOAD on the same
+    connection) or any WRONGTYPE would cost the client its connection. Redis keeps it open.
+    """
+
+    def __init__(self, connection: Any, errors: tuple[type[BaseException], ...]) -> None:
+        self._connection = connection
+        self._errors = errors
+
+    def read_response(self, **kwargs: Any) -> Any:
+        try:
+            return self._connection.read_response(**kwargs)
+        except self._errors as exc:
+            return exc  # the writer encodes an exception as a RESP error reply
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+
+def _error_keeping_handler() -> type:
+    from fakeredis._clients._tcp_server import TCPFakeRequestHandler
+    from redis.exceptions import AuthenticationError, ResponseError
+
+    class Handler(TCPFakeRequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            wrapped: Any = _ErrorReplies(self.current_client, (ResponseError, AuthenticationError))
+            self.current_client = wrapped
+
+    return Handler
+
+
 @contextlib.contextmanager
 def embedded_redis_server() -> Iterator[RedisHandle]:
     from fakeredis import TcpFakeServer
 
     port = free_port()
     server: Any = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    server.RequestHandlerClass = _error_keeping_handler()
     thread = threading.Thread(target=server.serve_forever, daemon=True, name="fakeredis")
     thread.start()
     url = f"redis://127.0.0.1:{port}/0"

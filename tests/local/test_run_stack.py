@@ -22,9 +22,9 @@ from websockets.sync.client import connect
 
 from core import names
 from functions.wsauth import verify_token
-from local.redis_server import free_port
+from local.redis_server import embedded_redis_server, free_port
 from local.run import parse_args, serve
-from local.run.stack import STREAM_NAME, StackOptions, sample_keys
+from local.run.stack import SIM_CLIENT_ID, STREAM_NAME, LocalStack, StackOptions, sample_keys
 from tests.local.run_support import RunningStack, running_stack, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,6 +133,37 @@ def test_stopping_ends_the_stream_and_releases_everything(
     assert not redis_client.exists(names.STREAMER_LEASE_KEY)
     with socket.socket() as probe:  # the WebSocket port was let go
         probe.bind(("127.0.0.1", port))
+
+
+def test_the_stack_runs_on_the_embedded_redis_of_a_machine_without_redis_server() -> None:
+    with embedded_redis_server() as handle:
+        options = StackOptions(port=0, ws_port=0, redis_url=handle.url,
+                               keys=sample_keys()[:4], rate=200.0)
+        with running_stack(options) as running:
+            config = httpx.get(running.stack.page_url + "config.json").json()
+            with connect(f"{config['wsUrl']}?token={config['wsToken']}", open_timeout=5) as ws:
+                ws.send('{"action":"subscribe","keys":["IDX_I:13","NSE_EQ:25"]}')
+                assert recv(ws)["type"] == "snapshot"
+                assert wait_until(
+                    lambda: recv(ws)["type"] == "screener_ltp_batch_update", timeout=10
+                )
+
+
+def test_the_feed_is_the_simulator_unless_credentials_or_a_url_say_otherwise() -> None:
+    def choice(environ: dict[str, str], **options: Any) -> Any:
+        return LocalStack(StackOptions(environ=environ, **options))._choose_feed()
+
+    sim = choice({})
+    assert (sim.kind, sim.client_id, sim.rest_base_url) == ("simulator", SIM_CLIENT_ID, None)
+    creds = {"DHAN_CLIENT_ID": "110", "DHAN_ACCESS_TOKEN": "t0k"}
+    real = choice(creds)
+    assert (real.kind, real.url, real.client_id, real.access_token, real.rest_base_url) == (
+        "dhan", "wss://api-feed.dhan.co", "110", "t0k", "https://api.dhan.co/v2")
+    assert choice(creds, use_simulator=True).kind == "simulator"
+    given = choice({"DHAN_API_BASE_URL": "http://127.0.0.1:8766/v2"},
+                   feed_url="ws://127.0.0.1:8765")
+    assert (given.kind, given.url, given.client_id, given.access_token, given.rest_base_url) == (
+        "given", "ws://127.0.0.1:8765", SIM_CLIENT_ID, "sim-token", "http://127.0.0.1:8766/v2")
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
