@@ -7,7 +7,8 @@ folded). The registry is re-read whenever anything arrives on `core.names.CONTRO
 safety net for a missed message. Invalid keys are logged once and skipped; a stream whose value
 is not JSON is skipped. While Redis is unreachable the last known set stays in force (a Redis
 blip must not unsubscribe everything). Symbols come from the instrument master hash
-(`instruments:symbols`) when it is loaded.
+(`instruments:symbols`) when it is loaded. A stream's own `mode` field is not used: the feed
+has one mode per instrument and the streamer subscribes everything in DHANHQ_WS_MODE.
 """
 
 from __future__ import annotations
