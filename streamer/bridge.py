@@ -68,9 +68,8 @@ class Conflator:
             return 0
         return sum(self.add(u) for u in updates if isinstance(u, dict))
 
-    def version(self, key: str) -> int | None:
-        current = self._latest.get(key)
-        return current["version"] if current is not None else None
+    def get(self, key: str) -> Update | None:
+        return self._latest.get(key)
 
     def drain(self) -> dict[str, Update]:
         window, self._latest = self._latest, {}
@@ -249,6 +248,7 @@ class RelayBridge:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(names.LIVE_LTP_CHANNEL)
+                    await self._confirmed(pubsub)
                     if pubsub.connection is not None:
                         pubsub.connection.register_connect_callback(self._mark_reconnected)
                     await self.resync()
@@ -276,6 +276,17 @@ class RelayBridge:
                 attempt += 1
                 await asyncio.sleep(delay)
 
+    async def _confirmed(self, pubsub: Any) -> None:
+        """Wait for Redis to confirm the SUBSCRIBE: only then is nothing missed from here on."""
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            if message.get("type") == "subscribe":
+                return
+            if message.get("type") == "message":
+                self._ingest(message["data"])
+
     def _ingest(self, raw: bytes | str) -> None:
         self.stats.messages += 1
         try:
@@ -301,9 +312,12 @@ class RelayBridge:
                 if price is None:
                     continue
                 seen = loads(entry) if entry is not None else None
-                if seen is not None and seen.get("ltp") == price:
+                waiting = self.conflator.get(key)
+                newest = waiting if waiting is not None else seen
+                if newest is not None and newest.get("ltp") == price:
                     continue
-                base = max(seen["version"] if seen else -1, self.conflator.version(key) or -1)
+                base = max(seen["version"] if seen else -1,
+                           waiting["version"] if waiting else -1)
                 segment, _, security_id = key.partition(":")
                 update: Update = {"key": key, "segment": segment, "security_id": security_id,
                                   "ltp": price, "ltt": int(seen["ltt"]) if seen else 0,

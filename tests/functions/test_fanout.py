@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
+import pytest
 import redis
 
+import functions.fanout as module
 from core import names
 from functions.fanout import handler
 from functions.fanout.core import Fanout
@@ -143,7 +147,8 @@ async def test_throttled_updates_are_carried_into_the_next_message(
         (message,) = await drain(ws)
         assert sorted((u["key"], u["version"]) for u in message["updates"]) == [
             (KEYS[0], 2), (KEYS[1], 1), (KEYS[2], 1)]
-        assert not redis_client.exists(names.ws_conn_pending_key(stack.registry.live_connections(0)[0]))
+        (cid,) = stack.registry.live_connections(0)
+        assert not redis_client.exists(names.ws_conn_pending_key(cid))
 
 
 async def test_pending_updates_go_out_even_without_new_ticks(
@@ -201,23 +206,18 @@ async def test_expired_connections_are_swept(redis_url: str, redis_client: redis
 
 
 async def test_handler_entry_point_emits_metrics(
-    redis_url: str, redis_client: redis.Redis, monkeypatch: object, capsys: object
+    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     async with ws_stack(redis_url, shards=1) as stack, connect(stack.gateway.ws_url) as ws:
         await subscribe(ws, KEYS[:1])
-        mp = monkeypatch
-        mp.setenv("REDIS_URL", redis_url)  # type: ignore[attr-defined]
-        mp.setenv("WS_SHARDS", "1")  # type: ignore[attr-defined]
-        mp.setenv("WEBSOCKET_CALLBACK_URL", stack.gateway.callback_url)  # type: ignore[attr-defined]
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")  # type: ignore[attr-defined]
-        mp.setenv("AWS_ACCESS_KEY_ID", "local")  # type: ignore[attr-defined]
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "local")  # type: ignore[attr-defined]
-        from functions import fanout as module
-
+        for name, value in {"REDIS_URL": redis_url, "WS_SHARDS": "1",
+                            "WEBSOCKET_CALLBACK_URL": stack.gateway.callback_url,
+                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "local",
+                            "AWS_SECRET_ACCESS_KEY": "local"}.items():
+            monkeypatch.setenv(name, value)
         module._wired.cache_clear()
         try:
-            import asyncio
-
             answer = await asyncio.to_thread(
                 handler, {"shard": 0, "updates": [update(KEYS[0], 1, 1.5)]}, None)
         finally:
@@ -227,7 +227,7 @@ async def test_handler_entry_point_emits_metrics(
         assert answer["posts"] == 1
         message = await recv_json(ws)
         assert message["updates"][0]["ltp"] == 1.5
-        out = capsys.readouterr().out  # type: ignore[attr-defined]
+        out = capsys.readouterr().out
         emf = orjson.loads(out.strip().splitlines()[-1])
         directive = emf["_aws"]["CloudWatchMetrics"][0]
         assert {m["Name"] for m in directive["Metrics"]} >= {
@@ -244,7 +244,8 @@ async def test_rate_throttling_spreads_posts(redis_url: str, redis_client: redis
                 await subscribe(ws, KEYS[:1])
             stack.gateway.throttle.limit_rate(50.0, burst=2)
             fanout: Fanout = stack.fanout(retry_seconds=5.0, backoff_base=0.02)
-            result = await stack.run_fanout(fanout, {"shard": 0, "updates": [update(KEYS[0], 1, 1.0)]})
+            payload = {"shard": 0, "updates": [update(KEYS[0], 1, 1.0)]}
+            result = await stack.run_fanout(fanout, payload)
             assert result.posts == 6
             assert result.throttled > 0
             for ws in clients:

@@ -101,7 +101,9 @@ async def test_binary_frames_are_refused(redis_url: str, redis_client: redis.Red
         assert "binary" in reply["reason"]
 
 
-async def test_subscription_limit_is_per_connection(redis_url: str, redis_client: redis.Redis) -> None:
+async def test_subscription_limit_is_per_connection(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
     async with ws_stack(redis_url, max_keys=5) as stack, connect(stack.gateway.ws_url) as ws:
         await request(ws, {"action": "subscribe", "keys": [f"NSE_EQ:{i}" for i in range(4)]})
         reply = await request(ws, {"action": "subscribe", "keys": ["NSE_EQ:10", "NSE_EQ:11"]})
@@ -152,7 +154,9 @@ async def test_unauthorized_connects_are_refused(redis_url: str, redis_client: r
             assert redis_client.hget(names.ws_conn_key(cid), "subject") == b"alice"
 
 
-async def test_pipelined_messages_are_each_answered(redis_url: str, redis_client: redis.Redis) -> None:
+async def test_pipelined_messages_are_each_answered(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
     async with ws_stack(redis_url) as stack, connect(stack.gateway.ws_url) as ws:
         for i in range(5):
             await send_json(ws, {"action": "ping", "id": str(i)})

@@ -1,4 +1,4 @@
-"""The local API Gateway: handshake, routes, event shapes, limits and a boto3-callable @connections."""
+"""The local API Gateway: handshake, routes, event shapes, limits, boto3 on @connections."""
 
 from __future__ import annotations
 

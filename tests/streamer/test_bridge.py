@@ -1,0 +1,238 @@
+"""The relay bridge: conflation, the adaptive window, shard invocations, reconnects (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from core import names
+from core.messages import batch_update, dumps
+from functions.registry import ConnectionRegistry, shard_of
+from streamer.bridge import (
+    Conflator,
+    RelayBridge,
+    expected_posts,
+    next_window,
+    split_payloads,
+)
+from tests.realtime_support import update, wait_for
+
+
+class RecordingInvoker:
+    def __init__(self) -> None:
+        self.payloads: list[dict[str, Any]] = []
+
+    async def invoke(self, payload: dict[str, Any]) -> None:
+        self.payloads.append(orjson.loads(dumps(payload)))  # what would cross the wire
+
+    def updates(self) -> list[tuple[int, str, int, float]]:
+        return [(p["shard"], u["key"], u["version"], u["ltp"]) for p in self.payloads
+                for u in p["updates"]]
+
+
+def ids_in_shards(shards: int) -> dict[int, str]:
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < shards:
+        cid = f"conn{n:07d}="
+        found.setdefault(shard_of(cid, shards), cid)
+        n += 1
+    return found
+
+
+@contextlib.asynccontextmanager
+async def running(bridge: RelayBridge) -> AsyncIterator[RelayBridge]:
+    task = asyncio.create_task(bridge.run())
+    try:
+        await asyncio.wait_for(bridge.subscribed.wait(), 5)
+        yield bridge
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def test_conflator_keeps_the_newest_version_not_the_first() -> None:
+    conflator = Conflator()
+    assert conflator.add_message(batch_update([update("A:1", 2, 10.0), update("B:1", 1, 5.0)]))
+    conflator.add_message(batch_update([update("A:1", 4, 12.0), update("A:1", 3, 11.0)]))
+    conflator.add_message({"type": "screener_ltp_update", "ltp": 1.0})  # no version: ignored
+    conflator.add_message(batch_update([{"key": "C:1", "version": True}]))  # bool is no version
+    window = conflator.drain()
+    assert {k: (u["version"], u["ltp"]) for k, u in window.items()} == {
+        "A:1": (4, 12.0), "B:1": (1, 5.0)}
+    assert len(conflator) == 0
+
+
+def test_window_grows_to_the_budget_at_once_and_shrinks_slowly() -> None:
+    kwargs = {"budget_per_second": 5000.0, "minimum": 0.25, "maximum": 2.0}
+    assert next_window(0.25, 200, **kwargs) == 0.25  # 200 clients: 800 posts/s, fine
+    grown = next_window(0.25, 5000, **kwargs)  # 5,000 clients would post 20,000/s
+    assert grown == 5000 * 1.1 / 5000
+    assert 5000 / grown <= 5000
+    assert next_window(grown, 100, **kwargs) == grown * 0.8
+    assert next_window(2.0, 1_000_000, **kwargs) == 2.0
+    assert next_window(0.3, 0, **kwargs) == 0.25
+
+
+def test_expected_posts_is_bounded_by_connections_per_shard() -> None:
+    refs = {0: {"A": 3, "B": 2}, 1: {"A": 1}}
+    assert expected_posts(["A", "B", "Z"], refs, {0: 4, 1: 9}) == 4 + 1
+
+
+def test_payloads_split_under_the_lambda_limit() -> None:
+    updates = [update(f"NSE_FNO:{i}", 1, 100.0) for i in range(5000)]
+    parts = split_payloads({"shard": 3}, updates, max_bytes=100_000)
+    assert all(len(dumps(p)) <= 100_000 for p in parts)
+    assert [u for p in parts for u in p["updates"]] == updates
+    assert {p["shard"] for p in parts} == {3}
+
+
+async def test_windows_invoke_each_shard_with_its_own_newest_updates(
+    aredis: aioredis.Redis, redis_client: redis.Redis
+) -> None:
+    registry = ConnectionRegistry(redis=redis_client, shards=2)
+    ids = ids_in_shards(2)
+    for cid in ids.values():
+        registry.connect(cid, meta={})
+    registry.subscribe(ids[0], ["NSE_EQ:1", "NSE_EQ:2"])
+    registry.subscribe(ids[1], ["NSE_EQ:2", "NSE_EQ:3"])
+    invoker = RecordingInvoker()
+    bridge = RelayBridge(redis=aredis, invoker=invoker, min_window=0.05, max_window=0.05,
+                         housekeeping_seconds=3600)
+    async with running(bridge):
+        for version in range(1, 4):
+            await aredis.publish(names.LIVE_LTP_CHANNEL, dumps(batch_update(
+                [update(k, version, 100.0 + version) for k in ("NSE_EQ:1", "NSE_EQ:2",
+                                                               "NSE_EQ:3", "NSE_EQ:4")])))
+        expected = {(0, "NSE_EQ:1"), (0, "NSE_EQ:2"), (1, "NSE_EQ:2"), (1, "NSE_EQ:3")}
+
+        def newest() -> dict[tuple[int, str], int]:
+            return {(s, k): v for s, k, v, _ in invoker.updates()}
+
+        await wait_for(lambda: newest() == dict.fromkeys(expected, 3))
+    # Only subscribed (shard, key) pairs were sent, each at most once per window.
+    assert {(s, k) for s, k, _, _ in invoker.updates()} == expected
+    # Every window's values are in ws:latest (the snapshot's source), unsubscribed keys too.
+    latest = {k.decode(): orjson.loads(v)["version"]
+              for k, v in redis_client.hgetall(names.WS_LATEST_KEY).items()}
+    assert latest.items() >= {"NSE_EQ:1": 3, "NSE_EQ:2": 3, "NSE_EQ:3": 3, "NSE_EQ:4": 3}.items()
+    assert 0 < redis_client.ttl(names.WS_LATEST_KEY) <= names.WS_LATEST_TTL_SECONDS
+    pairs = [(p["window"], p["shard"]) for p in invoker.payloads]
+    assert len(pairs) == len(set(pairs))
+
+
+async def test_pending_and_housekeeping_shards_are_invoked_without_updates(
+    aredis: aioredis.Redis, redis_client: redis.Redis
+) -> None:
+    registry = ConnectionRegistry(redis=redis_client, shards=4)
+    ids = ids_in_shards(4)
+    for cid in ids.values():
+        registry.connect(cid, meta={})
+    invoker = RecordingInvoker()
+    bridge = RelayBridge(redis=aredis, invoker=invoker, housekeeping_seconds=3600)
+    await bridge.close_window()  # the first window is a housekeeping one: every shard
+    assert sorted(p["shard"] for p in invoker.payloads) == [0, 1, 2, 3]
+    invoker.payloads.clear()
+    await bridge.close_window()
+    assert invoker.payloads == []
+    redis_client.sadd(names.WS_PENDING_SHARDS_KEY, 2)
+    await bridge.close_window()
+    assert [(p["shard"], p["updates"]) for p in invoker.payloads] == [(2, [])]
+    assert not redis_client.exists(names.WS_PENDING_SHARDS_KEY)
+
+
+async def test_window_adapts_to_the_post_budget(aredis: aioredis.Redis,
+                                               redis_client: redis.Redis) -> None:
+    registry = ConnectionRegistry(redis=redis_client, shards=1)
+    for n in range(300):
+        registry.connect(f"c{n}", meta={})
+        registry.subscribe(f"c{n}", ["NSE_EQ:1"])
+    bridge = RelayBridge(redis=aredis, invoker=RecordingInvoker(), budget_per_second=500,
+                         min_window=0.25, max_window=5.0)
+    bridge.conflator.add(update("NSE_EQ:1", 1, 1.0))
+    await bridge.close_window()
+    assert bridge.window == 300 * 1.1 / 500
+    assert bridge.stats.expected_posts_per_second == 300 / 0.25
+    bridge.conflator.add(update("NSE_EQ:1", 2, 1.0))
+    await bridge.close_window()
+    assert 300 / bridge.window <= 500
+
+
+async def test_after_a_reconnect_moved_prices_are_resent(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    name = f"bridge-test-{uuid.uuid4().hex[:8]}"
+    async with aioredis.Redis.from_url(redis_url, client_name=name) as aredis:
+        await _reconnect_scenario(aredis, redis_client, name)
+
+
+async def _reconnect_scenario(aredis: aioredis.Redis, redis_client: redis.Redis,
+                              name: str) -> None:
+    registry = ConnectionRegistry(redis=redis_client, shards=1)
+    registry.connect("c", meta={})
+    registry.subscribe("c", ["NSE_EQ:1", "NSE_EQ:2", "NSE_EQ:3"])
+    invoker = RecordingInvoker()
+    bridge = RelayBridge(redis=aredis, invoker=invoker, min_window=0.05, max_window=0.05,
+                         housekeeping_seconds=3600, backoff_base=0.01)
+    async with running(bridge):
+        await aredis.publish(names.LIVE_LTP_CHANNEL, dumps(batch_update(
+            [update("NSE_EQ:1", 7, 100.0), update("NSE_EQ:2", 3, 50.0)])))
+        await wait_for(lambda: ("NSE_EQ:1", 7) in {(k, v) for _, k, v, _ in invoker.updates()})
+        # While the bridge's pubsub connection is down, the streamer moves NSE_EQ:1 and
+        # NSE_EQ:3; NSE_EQ:2 is unchanged. Its messages are lost; the cache holds the truth.
+        redis_client.set(names.ltp_key("NSE_EQ:1"), "101.5", ex=30)
+        redis_client.set(names.ltp_key("NSE_EQ:2"), "50.0", ex=30)
+        redis_client.set(names.ltp_key("NSE_EQ:3"), "9.25", ex=30)
+        invoker.payloads.clear()
+        ours = [c["id"] for c in redis_client.client_list(_type="pubsub")
+                if c.get("name") == name]
+        assert ours
+        for client_id in ours:
+            redis_client.client_kill_filter(_id=client_id)
+        await wait_for(lambda: bridge.stats.resynced >= 2)
+        await wait_for(lambda: len(invoker.updates()) >= 2)
+    resent = {k: (v, ltp) for _, k, v, ltp in invoker.updates()}
+    assert resent == {"NSE_EQ:1": (8, 101.5), "NSE_EQ:3": (0, 9.25)}
+    assert bridge.stats.reconnects + bridge.stats.reader_errors >= 1
+
+
+class FlakyRedis:
+    """A real client whose first `failures` pubsub connections fail."""
+
+    def __init__(self, real: aioredis.Redis, failures: int) -> None:
+        self._real = real
+        self.failures = failures
+
+    def pubsub(self) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("Redis is restarting")
+        return self._real.pubsub()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+async def test_the_reader_reports_errors_and_keeps_retrying(
+    aredis: aioredis.Redis, redis_client: redis.Redis
+) -> None:
+    registry = ConnectionRegistry(redis=redis_client, shards=1)
+    registry.connect("c", meta={})
+    registry.subscribe("c", ["NSE_EQ:1"])
+    invoker = RecordingInvoker()
+    bridge = RelayBridge(redis=FlakyRedis(aredis, 3), invoker=invoker, min_window=0.05,
+                         max_window=0.05, backoff_base=0.01, backoff_cap=0.02)
+    async with running(bridge):
+        assert bridge.stats.reader_errors == 3
+        assert "Redis is restarting" in bridge.stats.last_error
+        await aredis.publish(names.LIVE_LTP_CHANNEL, dumps(batch_update(
+            [update("NSE_EQ:1", 1, 1.0)])))
+        await wait_for(lambda: invoker.updates() != [])
