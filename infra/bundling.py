@@ -156,7 +156,8 @@ class LocalPipBundler:
     def __init__(self, plan: BundlePlan) -> None:
         self._plan = plan
 
-    def try_bundle(self, output_dir: str, **_options: Any) -> bool:
+    def try_bundle(self, output_dir: str, options: Any = None) -> bool:
+        """jsii passes the BundlingOptions struct positionally; nothing in it is needed."""
         for command in self._plan.pip_commands(output_dir):
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
