@@ -1,0 +1,198 @@
+"""Settings from the environment, secrets from Secrets Manager (moto) with a cache, and the
+admin key / DhanHQ credentials resolved through them by the API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from core.config import Secret
+from core.errors import ConfigError
+from functions.errors import SecretError
+from functions.secrets import (
+    SecretsCache,
+    pick_field,
+    resolve_admin_key,
+    resolve_dhan_credentials,
+)
+from functions.settings import Settings
+from local.dhan_sim.rest import RestStandIn
+from tests.functions import test_api_support as support
+from tests.functions.test_api_support import MakeApi
+
+make_api = support.make_api
+
+REGION = "ap-south-1"
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+def test_settings_defaults_and_parsing() -> None:
+    defaults = Settings.from_env({})
+    assert defaults.redis_url == "redis://127.0.0.1:6379/0"
+    assert defaults.dhan_api_base_url == "https://api.dhan.co/v2"
+    assert defaults.ws_mode == "quote"
+    assert not defaults.streamer_managed
+    assert not defaults.admin_api_key
+
+    settings = Settings.from_env({
+        "REDIS_URL": "rediss://:pw@cache.example:6379/0", "DHAN_API_BASE_URL": "http://x/v2/",
+        "DHAN_REST_BUDGET_SECONDS": "1.5", "DHANHQ_WS_MODE": "FULL", "ADMIN_API_KEY": "k",
+        "STREAMER_CLUSTER": "c", "STREAMER_SERVICE": "s",
+    })  # fmt: skip
+    assert settings.dhan_api_base_url == "http://x/v2"
+    assert settings.dhan_rest_budget == 1.5
+    assert settings.ws_mode == "full"
+    assert settings.streamer_managed
+    assert settings.admin_api_key.value == "k"
+    assert "k" not in repr(settings.admin_api_key)
+    assert "'k'" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"STREAMER_CLUSTER": "c"}, "STREAMER_SERVICE"),
+        ({"REDIS_URL": "http://nope"}, "REDIS_URL"),
+        ({"DHAN_REST_TIMEOUT_SECONDS": "soon"}, "DHAN_REST_TIMEOUT_SECONDS"),
+        ({"DHANHQ_WS_MODE": "depth"}, "DHANHQ_WS_MODE"),
+    ],
+)
+def test_bad_settings_fail_fast_with_the_variable_named(environ: dict[str, str],
+                                                        message: str) -> None:  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(environ)
+
+
+def test_a_redis_password_never_reaches_the_error() -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"REDIS_URL": "http://user:hunter2@host"})
+    assert "hunter2" not in str(raised.value)
+
+
+# --- Secrets Manager ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": REGION}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        yield boto3.client("secretsmanager", region_name=REGION)
+
+
+def test_values_are_cached_for_the_ttl_then_refreshed(aws: Any) -> None:
+    arn = aws.create_secret(Name="admin", SecretString="first")["ARN"]
+    now = [1000.0]
+    cache = SecretsCache(client=aws, ttl_seconds=300, clock=lambda: now[0])
+    assert cache.get(arn) == "first"
+    aws.put_secret_value(SecretId=arn, SecretString="second")
+    now[0] += 299
+    assert cache.get(arn) == "first"
+    now[0] += 2
+    assert cache.get(arn) == "second"
+    aws.put_secret_value(SecretId=arn, SecretString="third")
+    cache.invalidate(arn)
+    assert cache.get(arn) == "third"
+
+
+def test_the_last_good_value_survives_a_failed_refresh(aws: Any) -> None:
+    arn = aws.create_secret(Name="admin", SecretString="good")["ARN"]
+    now = [0.0]
+    cache = SecretsCache(client=aws, ttl_seconds=10, clock=lambda: now[0])
+    assert cache.get(arn) == "good"
+    aws.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
+    now[0] += 60
+    assert cache.get(arn) == "good"
+    with pytest.raises(SecretError, match="ResourceNotFoundException"):
+        SecretsCache(client=aws).get(arn)
+
+
+def test_the_client_is_built_only_when_a_secret_is_read(aws: Any) -> None:
+    built: list[int] = []
+
+    def factory() -> Any:
+        built.append(1)
+        return aws
+
+    cache = SecretsCache(client_factory=factory)
+    assert built == []
+    arn = aws.create_secret(Name="x", SecretString="v")["ARN"]
+    cache.get(arn)
+    cache.get(arn)
+    assert built == [1]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("plain-key", "plain-key"), ('{"ADMIN_API_KEY": "k1"}', "k1"), ('{"api_key": " k2 "}', "k2")],
+)
+def test_admin_secret_shapes(text: str, value: str) -> None:
+    assert pick_field(text, ("ADMIN_API_KEY", "api_key"), allow_plain=True) == value
+
+
+def test_json_secret_without_the_field_is_an_error() -> None:
+    with pytest.raises(SecretError, match="ADMIN_API_KEY"):
+        pick_field('{"other": "x"}', ("ADMIN_API_KEY",), allow_plain=True)
+    with pytest.raises(SecretError):
+        pick_field("plain", ("client_id",), allow_plain=False)
+
+
+def test_resolution_prefers_the_arn_over_the_environment(aws: Any) -> None:
+    arn = aws.create_secret(Name="admin", SecretString='{"api_key": "from-sm"}')["ARN"]
+    dhan = aws.create_secret(Name="dhan", SecretString='{"client_id": "1100", '
+                                                       '"access_token": "tok"}')["ARN"]  # fmt: skip
+    cache = SecretsCache(client=aws)
+    settings = Settings(admin_api_key=Secret("from-env"), admin_secret_arn=arn,
+                        dhan_client_id="env-id", dhan_secret_arn=dhan)  # fmt: skip
+    assert resolve_admin_key(settings, secrets=cache).value == "from-sm"
+    credentials = resolve_dhan_credentials(settings, secrets=cache)
+    assert credentials.client_id == "1100"
+    assert credentials.access_token.value == "tok"
+    env_only = Settings(admin_api_key=Secret("from-env"))
+    assert resolve_admin_key(env_only, secrets=None).value == "from-env"
+
+
+# --- through the API ---------------------------------------------------------------------------
+
+
+def test_admin_key_from_secrets_manager_guards_start(make_api: MakeApi, aws: Any) -> None:
+    arn = aws.create_secret(Name="admin", SecretString='{"ADMIN_API_KEY": "sm-admin-key"}')["ARN"]
+    api = make_api(admin_secret_arn=arn,
+                   deps_overrides={"secrets": SecretsCache(client=aws)})  # fmt: skip
+    body = {"name": "a", "keys": ["NSE_EQ:1"]}
+    assert api.start(body, key="wrong").status == 401
+    assert api.start(body, key="sm-admin-key").status == 200
+
+
+def test_an_unreadable_admin_secret_fails_closed(make_api: MakeApi, aws: Any) -> None:
+    arn = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:missing-AbCdEf"
+    api = make_api(admin_secret_arn=arn, deps_overrides={"secrets": SecretsCache(client=aws)})
+    answer = api.start({"name": "a", "keys": ["NSE_EQ:1"]}, key="anything")
+    assert answer.status == 503
+    assert answer.json()["error"] == "secret_unavailable"
+
+
+def test_dhan_credentials_from_secrets_manager_and_a_renewed_token(
+    make_api: MakeApi, aws: Any
+) -> None:
+    old = '{"client_id": "1000000001", "access_token": "old-token"}'
+    arn = aws.create_secret(Name="dhan", SecretString=old)["ARN"]
+    with RestStandIn(client_id="1000000001", access_token="new-token",
+                     enforce_rate_limit=False) as rest:  # fmt: skip
+        rest.set_price("NSE_EQ", "1333", 1234.5)
+        api = make_api(dhan_secret_arn=arn, dhan_api_base_url=rest.base_url,
+                       dhan_rest_min_interval=0.01,
+                       deps_overrides={"secrets": SecretsCache(client=aws)})  # fmt: skip
+        assert api.get_prices("keys=NSE_EQ:1333").json()["missing"] == {
+            "NSE_EQ:1333": "dhan_auth_error"}  # fmt: skip
+        # Another process renews the token into the secret; the auth error dropped our copy.
+        aws.put_secret_value(SecretId=arn, SecretString=old.replace("old-token", "new-token"))
+        body = api.get_prices("keys=NSE_EQ:1333").json()
+        assert body["prices"] == {"NSE_EQ:1333": 1234.5}
