@@ -363,3 +363,23 @@ async def test_shutdown_flushes_what_is_pending(redis_url: str, redis_client: re
 def test_keys_are_parsed_once() -> None:
     settings = fast_settings("redis://x", "ws://y", keys="NSE_EQ:1,NSE_EQ:01")
     assert settings.keys == (InstrumentKey("NSE_EQ", "1"),)
+
+
+async def test_pings_are_answered_while_ingesting_flat_out(
+    redis_url: str, redis_client: redis.Redis, aredis: aioredis.Redis
+) -> None:
+    # The simulator pings every 0.1 s and drops a client silent for 2 s, while replaying
+    # 100-packet frames as fast as it can: a blocked event loop would lose the connection.
+    config = SimConfig(rate=0, packets_per_frame=100, seed=11, ping_interval=0.1,
+                       ping_timeout=2.0)
+    async with FeedSimulator(config) as sim:
+        settings = fast_settings(redis_url, sim.url, keys=keys_csv(500, start=7_000_000))
+        streamer = Streamer(settings, redis=aredis, credentials=credentials())
+        async with running(streamer):
+            await until(lambda: streamer.coalescer.ticks > 0)
+            started = time.monotonic()
+            await until(lambda: time.monotonic() - started > 2.5, timeout=20)
+            assert streamer.sink.flushes > 10
+        assert sim.handshakes == 1
+        assert [c.reconnects for c in streamer.connections.values()] == [0]
+        assert streamer.coalescer.ticks > 10_000
