@@ -156,8 +156,9 @@ class LocalPipBundler:
     def __init__(self, plan: BundlePlan) -> None:
         self._plan = plan
 
-    def try_bundle(self, output_dir: str, options: Any = None) -> bool:
-        """jsii passes the BundlingOptions struct positionally; nothing in it is needed."""
+    def try_bundle(self, output_dir: str, *_options: Any, **_kw_options: Any) -> bool:
+        # jsii passes the BundlingOptions struct positionally (the typed protocol says keyword
+        # arguments); nothing in it is needed here.
         for command in self._plan.pip_commands(output_dir):
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
