@@ -138,18 +138,25 @@ export class LiveFeed {
     this.onOnline = () => {
       if (!this.current && !this.stopped) this.reconnectNow();
     };
+    // After a laptop sleeps, a socket can look open while it is dead: check at once on return
+    // instead of at the next scheduled ping.
+    this.onVisible = () => {
+      if (document.visibilityState === "visible" && this.current?.live) this.current.ping();
+    };
   }
 
   start() {
     if (!this.stopped) return;
     this.stopped = false;
     window.addEventListener("online", this.onOnline);
+    document.addEventListener("visibilitychange", this.onVisible);
     this.connect();
   }
 
   stop() {
     this.stopped = true;
     window.removeEventListener("online", this.onOnline);
+    document.removeEventListener("visibilitychange", this.onVisible);
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
     for (const session of [this.current, this.next]) session?.close(1000, "page stopped");
