@@ -45,6 +45,8 @@ from infra.web import WebHosting
 from infra.websocket_api import WebSocketApi
 
 DOCKERFILE = "streamer/Dockerfile"
+# The HTTP API route that mints WebSocket connect tokens ({"token": ...}) for the page.
+WS_TOKEN_PATH = "/api/v1/ws_token"
 
 
 class LtpStack(Stack):
@@ -234,7 +236,12 @@ class LtpStack(Stack):
 
         self._grant()
         self.site_deployment = self.web.deploy_site(
-            config={"apiUrl": self.http.url, "wsUrl": self.websocket.url}
+            config={
+                "apiUrl": self.http.url,
+                "wsUrl": self.websocket.url,
+                # The $connect authorizer needs a signed token; the page fetches one per connect.
+                "tokenUrl": f"{self.http.url}{WS_TOKEN_PATH}",
+            }
         )
         self.monitoring = Monitoring(
             self,

@@ -1,6 +1,6 @@
 """Web hosting: a private S3 bucket behind CloudFront (origin access control) serving `web/`
-plus the deployment's `config.json` (`{"apiUrl", "wsUrl"}`), written at deploy time so that
-the API URLs (known only then) reach the page without a rebuild.
+plus the deployment's `config.json` (`{"apiUrl", "wsUrl", "tokenUrl"}`), written at deploy
+time so that the API URLs (known only then) reach the page without a rebuild.
 """
 
 from __future__ import annotations

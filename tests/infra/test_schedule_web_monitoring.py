@@ -77,6 +77,7 @@ def test_config_json_carries_the_deployed_api_urls(synthesized: Synthesized) -> 
     markers = props["SourceMarkers"][1]
     assert any(references(v, logical_id(stack, stack.http.api)) for v in markers.values())
     assert any(references(v, logical_id(stack, stack.websocket.api)) for v in markers.values())
+    assert any("/api/v1/ws_token" in str(v) for v in markers.values())
     assert props["DistributionPaths"] == ["/*"]
 
 
