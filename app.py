@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import os
 
-import aws_cdk as cdk
-from cdk_nag import AwsSolutionsChecks
+# jsii (the bridge to aws-cdk-lib's JavaScript) warns on every run that Node 20 is past its end
+# of life; the synthesized templates do not depend on the Node version.
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 
-from infra.settings import PREFIX, DeploySettings
-from infra.stack import LtpStack
+import aws_cdk as cdk  # noqa: E402
+from cdk_nag import AwsSolutionsChecks  # noqa: E402
+
+from infra.settings import PREFIX, DeploySettings  # noqa: E402
+from infra.stack import LtpStack  # noqa: E402
 
 
 def build_app(app: cdk.App | None = None) -> tuple[cdk.App, LtpStack]:
