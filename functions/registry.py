@@ -24,6 +24,8 @@ from core import names
 from core.messages import dumps, loads
 
 DEFAULT_SHARDS = 16
+# Connections per claim script call: bounds how long one call blocks Redis (~100 ops each).
+_CLAIM_BATCH = 100
 MAX_KEYS_PER_CONNECTION = 1000
 
 # KEYS: meta, keys, refs, sent. ARGV: limit, expire_at, key...
@@ -119,6 +121,61 @@ return kept
 """
 
 
+# The fan-out's per-window claim for many connections in one call. ARGV: expire_at, the number
+# n of window entries, n (key, version) pairs, then connection ids. Per connection: its keys
+# that the window has in a newer version than claimed before, and its carried-over updates
+# (pending JSON) that are still the newest claimed-or-pending value of a subscribed key; all
+# of them are claimed. Returns one JSON document {id: [[window keys], [pending JSON]]}, which
+# is far cheaper to move than per-connection replies. Key names are built here, which is fine
+# with cluster mode off (ElastiCache replication group; see aws-facts).
+_CLAIM_WINDOW = """
+local function newer(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+local expire_at, n = ARGV[1], tonumber(ARGV[2])
+local window = {}
+for i = 3, 2 + 2 * n, 2 do window[ARGV[i]] = ARGV[i + 1] end
+local out = {}
+for j = 3 + 2 * n, #ARGV do
+  local cid = ARGV[j]
+  local base = 'ws:conn:' .. cid
+  local sent_key, pending_key = base .. ':sent', base .. ':pending'
+  local pending = {}
+  local flat = redis.call('HGETALL', pending_key)
+  for p = 1, #flat, 2 do pending[flat[p]] = flat[p + 1] end
+  local fresh, carried, claims = {}, {}, {}
+  local keys = redis.call('SMEMBERS', base .. ':keys')
+  -- One HMGET and one HSET per connection: redis.call itself is the cost that adds up.
+  local sent = #keys > 0 and redis.call('HMGET', sent_key, unpack(keys)) or {}
+  for i, key in ipairs(keys) do
+    local version = window[key]
+    local held = pending[key]
+    local held_version = held and string.match(held, '"version":(%d+)')
+    local last = sent[i]
+    if version and held_version and not newer(version, held_version) then version = nil end
+    if version and ((not last) or newer(version, last)) then
+      claims[#claims + 1] = key
+      claims[#claims + 1] = version
+      fresh[#fresh + 1] = key
+    elseif held_version and ((not last) or newer(held_version, last) or held_version == last) then
+      claims[#claims + 1] = key
+      claims[#claims + 1] = held_version
+      carried[#carried + 1] = held
+    end
+  end
+  if #flat > 0 then redis.call('DEL', pending_key) end
+  if #claims > 0 then
+    redis.call('HSET', sent_key, unpack(claims))
+    redis.call('EXPIREAT', sent_key, expire_at)
+    out[cid] = {fresh, carried}
+  end
+end
+if next(out) == nil then return '{}' end
+return cjson.encode(out)
+"""
+
+
 class SyncRedis(Protocol):
     """The redis-py (sync) methods used."""
 
@@ -149,15 +206,6 @@ class SubscribeResult:
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionState:
-    """What the fan-out needs of one connection: its keys and its carried-over updates."""
-
-    connection_id: str
-    keys: frozenset[str]
-    pending: dict[str, dict[str, Any]]
-
-
 class ConnectionRegistry:
     def __init__(
         self,
@@ -176,6 +224,7 @@ class ConnectionRegistry:
         self._remove = redis.register_script(_REMOVE)
         self._claim = redis.register_script(_CLAIM)
         self._defer = redis.register_script(_DEFER)
+        self._claim_window = redis.register_script(_CLAIM_WINDOW)
 
     # --- $connect / $disconnect -------------------------------------------------------------
 
@@ -269,20 +318,6 @@ class ConnectionRegistry:
         raw = self._redis.zrangebyscore(names.ws_shard_key(shard), f"({current}", "+inf")
         return [_text(r) for r in raw]
 
-    def states(self, connection_ids: Sequence[str]) -> list[ConnectionState]:
-        """Keys and pending updates of many connections in one round trip."""
-        pipe = self._redis.pipeline(transaction=False)
-        for cid in connection_ids:
-            pipe.smembers(names.ws_conn_keys_key(cid))
-            pipe.hgetall(names.ws_conn_pending_key(cid))
-        replies = pipe.execute()
-        out = []
-        for i, cid in enumerate(connection_ids):
-            keys = frozenset(_text(k) for k in replies[2 * i])
-            pending = {_text(k): loads(v) for k, v in replies[2 * i + 1].items()}
-            out.append(ConnectionState(cid, keys, pending))
-        return out
-
     def claim(self, connection_id: str, candidates: Iterable[tuple[str, int]]) -> list[str]:
         return self.claim_many({connection_id: list(candidates)})[connection_id]
 
@@ -305,6 +340,29 @@ class ConnectionRegistry:
         for cid, reply in zip(order, replies, strict=True):
             claimed[cid] = [_text(k) for k in reply]
         return claimed
+
+    def claim_window(
+        self, connection_ids: Sequence[str], window: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Per connection, the updates to send now: its keys' window values newer than what
+        it was sent, plus its carried-over updates still worth sending; all claimed as sent.
+
+        One script call per connection batch keeps the per-window Redis work to a few round
+        trips (a per-connection reply would cost more to move than the posts themselves)."""
+        expire_at = int(time.time()) + self._lifetime + names.WS_EXPIRY_MARGIN_SECONDS
+        versions: list[Any] = []
+        for key, update in window.items():
+            versions += [key, update["version"]]
+        head = [expire_at, len(window), *versions]
+        plans: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, len(connection_ids), _CLAIM_BATCH):
+            batch = connection_ids[start:start + _CLAIM_BATCH]
+            reply = loads(self._claim_window(keys=[], args=[*head, *batch]))
+            for cid, (fresh, carried) in reply.items():
+                updates = [dict(window[k]) for k in (fresh or [])]
+                updates += [loads(raw) for raw in (carried or [])]
+                plans[cid] = updates
+        return plans
 
     def defer(self, failed: Mapping[str, Sequence[Mapping[str, Any]]], *, shard: int) -> int:
         """Carry updates whose post failed into each connection's next message."""

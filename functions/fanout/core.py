@@ -19,15 +19,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from core.messages import utc_now_iso
-from functions.fanout.plan import Update, build_messages, index_window, select_updates
+from functions.fanout.plan import Update, build_messages, index_window
 from functions.registry import ConnectionRegistry
 from functions.ws.management import ManagementApi, PostOutcome, post
 
 log = logging.getLogger(__name__)
-
-# Connections per Redis round trip when reading a shard's state.
-_STATE_BATCH = 500
-
 
 @dataclass(slots=True)
 class FanoutResult:
@@ -41,7 +37,6 @@ class FanoutResult:
     retried_ok: int = 0  # messages delivered after at least one throttle
     deferred: int = 0  # updates carried into the next message
     failed: int = 0  # messages not delivered this window
-    stale: int = 0  # updates skipped because something newer was already sent
     swept: int = 0
     duration: float = 0.0
     errors: list[str] = field(default_factory=list)
@@ -54,7 +49,7 @@ class FanoutResult:
 class _Delivery:
     connection_id: str
     messages: list[bytes]
-    updates: list[Update]
+    updates: Sequence[Update]
     outcome: PostOutcome = PostOutcome.SENT
     posted: int = 0
     bytes: int = 0
@@ -99,25 +94,15 @@ class Fanout:
         window = index_window(payload.get("updates") or [])
         connections = self._registry.live_connections(shard)
         result.connections = len(connections)
-        plans: dict[str, dict[str, Update]] = {}
-        for start in range(0, len(connections), _STATE_BATCH):
-            for state in self._registry.states(connections[start:start + _STATE_BATCH]):
-                chosen = select_updates(window, state.keys, state.pending)
-                if chosen:
-                    plans[state.connection_id] = chosen
-        claimed = self._registry.claim_many(
-            {cid: [(k, int(u["version"])) for k, u in chosen.items()]
-             for cid, chosen in plans.items()})
+        # Selection and version claims happen in Redis, atomically per connection: a late or
+        # replayed window finds newer versions claimed and sends nothing older.
+        plans = self._registry.claim_window(connections, window)
         timestamp = utc_now_iso()
-        deliveries = []
-        for cid, chosen in plans.items():
-            keys = claimed.get(cid, [])
-            result.stale += len(chosen) - len(keys)
-            if not keys:
-                continue
-            updates = [chosen[k] for k in keys]
-            deliveries.append(_Delivery(cid, build_messages(
-                updates, timestamp=timestamp, max_bytes=self._max_bytes), updates))
+        deliveries = [
+            _Delivery(cid, build_messages(updates, timestamp=timestamp,
+                                          max_bytes=self._max_bytes), updates)
+            for cid, updates in plans.items() if updates
+        ]
         result.recipients = len(deliveries)
         deadline = started + self._retry_seconds
         for delivery in self._pool.map(lambda d: self._deliver(d, deadline), deliveries):
@@ -166,7 +151,7 @@ class Fanout:
             result.failed += 1
 
     def _settle(self, deliveries: Sequence[_Delivery], shard: int, result: FanoutResult) -> None:
-        failed: dict[str, list[Update]] = {}
+        failed: dict[str, Sequence[Update]] = {}
         for delivery in deliveries:
             if delivery.outcome is PostOutcome.GONE:
                 self._registry.remove(delivery.connection_id, shard=shard)

@@ -7,7 +7,7 @@ would pass `max_bytes` (API Gateway meters in 32 KB units) is split.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -52,10 +52,10 @@ def select_updates(window: Mapping[str, Update], keys: frozenset[str] | set[str]
     return chosen
 
 
-def build_messages(updates: list[Update], *, timestamp: str, max_bytes: int) -> list[bytes]:
+def build_messages(updates: Sequence[Update], *, timestamp: str, max_bytes: int) -> list[bytes]:
     """One batch message, or as few as fit `max_bytes` each when it would be larger."""
     envelope: dict[str, Any] = {"type": BATCH_UPDATE, "timestamp": timestamp,
-                                "source": SOURCE_WEBSOCKET, "updates": updates}
+                                "source": SOURCE_WEBSOCKET, "updates": list(updates)}
     whole = orjson.dumps(envelope)
     if len(whole) <= max_bytes:
         return [whole]

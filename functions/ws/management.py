@@ -65,6 +65,8 @@ def management_client(endpoint_url: str, *, max_pool_connections: int = 64,
         connect_timeout=2,
         read_timeout=5,
         tcp_keepalive=True,
+        # The fan-out builds every parameter itself; validating them costs CPU on each post.
+        parameter_validation=False,
     )
     client: ManagementApi = boto3.client("apigatewaymanagementapi", endpoint_url=endpoint_url,
                                          region_name=region_name, config=config)

@@ -69,7 +69,7 @@ async def test_a_late_window_never_regresses_a_price(
         await stack.run_fanout(fanout, newer)
         result = await stack.run_fanout(fanout, late)
         messages = await drain(ws)
-        assert result.stale == 1
+        assert result.posts == 1
         assert [[(u["key"], u["version"]) for u in m["updates"]] for m in messages] == [
             [(KEYS[0], 7), (KEYS[1], 3)],
             [(KEYS[1], 4)],  # only the key that really moved on

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import orjson
 import redis
 
 from core import names
@@ -78,10 +79,32 @@ def test_claims_only_newer_versions_and_retries_of_failed_ones(redis_client: red
     kept = registry.defer({"c": [update("K:1", 6, 1.0)]}, shard=0)
     assert kept == 1
     assert redis_client.smembers(names.WS_PENDING_SHARDS_KEY) == {b"0"}
-    (state,) = registry.states(["c"])
-    assert state.pending["K:1"]["version"] == 6
+    pending = redis_client.hget(names.ws_conn_pending_key("c"), "K:1")
+    assert pending is not None and orjson.loads(pending)["version"] == 6
     assert registry.claim("c", [("K:1", 6)]) == ["K:1"]
     assert registry.claim("c", [("K:1", 6)]) == []
     # Deferring a version that something newer already overtook keeps nothing.
     registry.claim("c", [("K:1", 7)])
     assert registry.defer({"c": [update("K:1", 6, 1.0)]}, shard=0) == 0
+
+
+def test_window_claims_pick_newest_of_window_and_carried_updates(redis_client: redis.Redis) -> None:
+    registry = ConnectionRegistry(redis=redis_client, shards=1)
+    for cid in ("a", "b"):
+        registry.connect(cid, meta={})
+    registry.subscribe("a", ["K:1", "K:2", "K:3"])
+    registry.subscribe("b", ["K:9"])
+    window = {k: update(k, 10, 1.0) for k in ("K:1", "K:2", "K:4")}
+    plans = registry.claim_window(["a", "b"], window)
+    assert {cid: sorted(u["key"] for u in ups) for cid, ups in plans.items()} == {
+        "a": ["K:1", "K:2"]}
+    assert registry.claim_window(["a", "b"], window) == {}  # a replayed window sends nothing
+    # K:1 failed to post at v11; K:2 at v11 too, but a v12 window overtakes it.
+    registry.claim_window(["a"], {k: update(k, 11, 2.0) for k in ("K:1", "K:2")})
+    registry.defer({"a": [update("K:1", 11, 2.0), update("K:2", 11, 2.0)]}, shard=0)
+    late = {"K:1": update("K:1", 10, 1.0), "K:2": update("K:2", 12, 3.0),
+            "K:3": update("K:3", 5, 4.0)}
+    plans = registry.claim_window(["a"], late)
+    assert sorted((u["key"], u["version"]) for u in plans["a"]) == [
+        ("K:1", 11), ("K:2", 12), ("K:3", 5)]
+    assert not redis_client.exists(names.ws_conn_pending_key("a"))

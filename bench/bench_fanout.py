@@ -1,0 +1,218 @@
+"""Fan-out post rate: `functions.fanout.Fanout` vs a sequential boto3 loop, same messages.
+
+    .venv/bin/python bench/bench_fanout.py                      # 1,000 clients, 10 ms RTT
+    .venv/bin/python bench/bench_fanout.py --connections 500 --latency 0.01 --workers 64 128
+
+A local API Gateway runs in its own process (its own core) with `post_latency` = the round
+trip API Gateway adds (10 ms by default) and N real WebSocket clients connected to it. This
+process registers those N connections in Redis, each subscribed to `--keys-per-connection` of
+1,000 keys, and then, for the same window of 1,000 updates:
+
+- sequential: one boto3 `apigatewaymanagementapi` client posting every connection's message
+  one after the other (what a naive Lambda loop does);
+- fanout: the real fan-out (`Fanout.run`: Redis reads, version claims, one message per
+  connection, a bounded thread pool sharing one boto3 client) for each `--workers` value.
+
+Reported per mode: posts, wall time, posts/s, this process's CPU seconds (all threads: boto3,
+Redis client, JSON) and posts per CPU-second. Every post is checked as delivered by the
+gateway process. On a 2-core machine the gateway process (uvicorn + websockets + N clients)
+shares the cores with this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench._common import cpu_seconds  # noqa: E402
+
+KEYS = [f"NSE_EQ:{1000 + i}" for i in range(1000)]
+
+
+# --- the gateway process -------------------------------------------------------------------------
+
+async def serve(connections: int, latency: float) -> None:
+    from websockets.asyncio.client import connect
+
+    from local.apigw import GatewayConfig, Handlers, LocalApiGateway
+
+    received = 0
+    gateway = LocalApiGateway(Handlers(message=lambda e, c: {"statusCode": 200}),
+                              GatewayConfig(post_latency=latency, idle_timeout=3600))
+    await gateway.start()
+    clients = []
+    for _ in range(connections):
+        clients.append(await connect(gateway.ws_url, max_size=None, ping_interval=None))
+
+    async def read(ws: Any) -> None:
+        nonlocal received
+        async for _ in ws:
+            received += 1
+
+    readers = [asyncio.create_task(read(ws)) for ws in clients]
+    print(json.dumps({"callback_url": gateway.callback_url, "ids": list(gateway.connections)}),
+          flush=True)
+    loop = asyncio.get_running_loop()
+    while True:  # the parent writes one line per question, then closes stdin
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        await asyncio.sleep(0.3)  # let the last frames land
+        print(json.dumps({"received": received, "posts": gateway.posts}), flush=True)
+    for task in readers:
+        task.cancel()
+    await gateway.stop()
+
+
+# --- the measuring process -----------------------------------------------------------------------
+
+def management(callback_url: str, pool: int) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(aws_access_key_id="bench", aws_secret_access_key="bench",
+                                    region_name="us-east-1")
+    return session.client("apigatewaymanagementapi", endpoint_url=callback_url, config=Config(
+        max_pool_connections=pool, retries={"total_max_attempts": 1, "mode": "standard"},
+        parameter_validation=False))  # as functions.ws.management.management_client
+
+
+def window(version: int) -> list[dict[str, Any]]:
+    return [{"key": k, "segment": "NSE_EQ", "security_id": k.split(":")[1],
+             "ltp": round(1000 + random.random() * 100, 2), "ltt": 1_764_129_688,
+             "version": version} for k in KEYS]
+
+
+def measure(fn: Any, gateway_pid: int) -> tuple[Any, float, float, float]:
+    pid = os.getpid()
+    cpu0, gw0, t0 = cpu_seconds(pid), cpu_seconds(gateway_pid), time.perf_counter()
+    result = fn()
+    wall = time.perf_counter() - t0
+    return result, wall, cpu_seconds(pid) - cpu0, cpu_seconds(gateway_pid) - gw0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--keys-per-connection", type=int, default=50)
+    parser.add_argument("--latency", type=float, default=0.010)
+    parser.add_argument("--workers", type=int, nargs="+", default=[64])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
+    parser.add_argument("--redis-db", type=int, default=11)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(args.connections, args.latency))
+        return
+
+    import redis
+
+    from functions.fanout.core import Fanout
+    from functions.fanout.plan import build_messages, select_updates
+    from functions.registry import ConnectionRegistry
+    from local.redis_server import redis_for_local_use
+
+    random.seed(7)
+    argv = [sys.executable, __file__, "--serve", "--connections", str(args.connections),
+            "--latency", str(args.latency)]
+    server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT)
+    assert server.stdin is not None and server.stdout is not None
+    info = json.loads(server.stdout.readline())
+
+    def delivered() -> int:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.write("?\n")
+        server.stdin.flush()
+        return int(json.loads(server.stdout.readline())["received"])
+
+    with redis_for_local_use(args.redis_url) as handle:
+        url = handle.url.rsplit("/", 1)[0] + f"/{args.redis_db}"
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        registry = ConnectionRegistry(redis=client, shards=1)
+        subscriptions: dict[str, frozenset[str]] = {}
+        for cid in info["ids"]:
+            registry.connect(cid, meta={})
+            keys = random.sample(KEYS, args.keys_per_connection)
+            registry.subscribe(cid, keys)
+            subscriptions[cid] = frozenset(keys)
+        print(f"{len(info['ids'])} WebSocket clients, {args.keys_per_connection} of "
+              f"{len(KEYS)} keys each, @connections round trip +{args.latency * 1000:.0f} ms "
+              f"(gateway in pid {server.pid}), Redis {handle.kind}")
+        rows: list[tuple[str, int, float, float, float]] = []
+
+        # Sequential: the same messages, one post after the other.
+        api = management(info["callback_url"], 1)
+        updates = {u["key"]: u for u in window(1)}
+        messages = [(cid, build_messages(list(select_updates(updates, keys, {}).values()),
+                                         timestamp="2026-11-26T04:00:00.000Z",
+                                         max_bytes=32 * 1024))
+                    for cid, keys in subscriptions.items()]
+        api.post_to_connection(ConnectionId=info["ids"][0], Data=b"warm-up")
+        before = delivered()
+
+        def sequential() -> int:
+            posts = 0
+            for cid, parts in messages:
+                for data in parts:
+                    api.post_to_connection(ConnectionId=cid, Data=data)
+                    posts += 1
+            return posts
+
+        posts, wall, cpu, gw_cpu = measure(sequential, server.pid)
+        assert delivered() - before == posts, "sequential posts were not all delivered"
+        rows.append(("sequential boto3 loop", posts, wall, cpu, gw_cpu))
+
+        version = 1
+        for workers in args.workers:
+            fanout = Fanout(registry=registry, management=management(info["callback_url"],
+                                                                     workers),
+                            max_workers=workers, retry_seconds=1.0)
+            version += 1
+            fanout.run({"shard": 0, "updates": window(version)})  # warm the pool
+            for _ in range(args.rounds):
+                version += 1
+                payload = {"shard": 0, "updates": window(version)}
+                before = delivered()
+                result, wall, cpu, gw_cpu = measure(lambda p=payload: fanout.run(p), server.pid)
+                assert result.posts == result.recipients == len(info["ids"]), result
+                assert delivered() - before == result.posts, "fan-out posts not all delivered"
+                rows.append((f"fanout, {workers} workers", result.posts, wall, cpu, gw_cpu))
+            fanout.close()
+        client.flushdb()
+        client.close()
+    server.stdin.close()
+    server.wait(30)
+
+    base_rate = rows[0][1] / rows[0][2]
+    print(f"\n{'mode':<24}{'posts':>7}{'wall s':>9}{'posts/s':>10}{'CPU s':>8}"
+          f"{'posts/CPU-s':>13}{'x sequential':>14}{'gateway CPU s':>15}")
+    for name, posts, wall, cpu, gw_cpu in rows:
+        rate = posts / wall
+        print(f"{name:<24}{posts:>7}{wall:>9.2f}{rate:>10.0f}{cpu:>8.2f}"
+              f"{posts / cpu if cpu else float('inf'):>13.0f}{rate / base_rate:>14.1f}"
+              f"{gw_cpu:>15.2f}")
+    fan = rows[1:]
+    best = max(r[1] / r[2] for r in fan)
+    median = sorted(r[1] / r[2] for r in fan)[len(fan) // 2]
+    print(f"\nfan-out post rate: median {median:.0f}/s, best {best:.0f}/s = "
+          f"{median / base_rate:.1f}x / {best / base_rate:.1f}x the sequential loop "
+          f"({base_rate:.0f}/s)")
+
+
+if __name__ == "__main__":
+    main()
