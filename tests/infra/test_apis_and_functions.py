@@ -158,3 +158,14 @@ def test_the_fanout_reserves_concurrency_and_drops_stale_windows(
             "MaximumEventAgeInSeconds": 60,
         },
     )
+
+
+def test_every_handler_string_names_a_callable_in_the_bundled_packages(
+    synthesized: Synthesized,
+) -> None:
+    import importlib
+
+    for handler in project_functions(synthesized):
+        module_name, _, attribute = handler.rpartition(".")
+        assert module_name.split(".")[0] in ("functions", "core"), handler  # what is bundled
+        assert callable(getattr(importlib.import_module(module_name), attribute)), handler
