@@ -29,6 +29,7 @@ import random
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,7 @@ def main() -> None:
                 version += 1
                 payload = {"shard": 0, "updates": window(version)}
                 before = delivered()
-                result, wall, cpu, gw_cpu = measure(lambda p=payload: fanout.run(p), server.pid)
+                result, wall, cpu, gw_cpu = measure(partial(fanout.run, payload), server.pid)
                 assert result.posts == result.recipients == len(info["ids"]), result
                 assert delivered() - before == result.posts, "fan-out posts not all delivered"
                 rows.append((f"fanout, {workers} workers", result.posts, wall, cpu, gw_cpu))
