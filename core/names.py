@@ -18,6 +18,24 @@ Project's own:
   instruments:names             hash: instrument key -> display name (Reliance Industries)
   instruments:by_symbol         hash: SEGMENT:SYMBOL (NSE_EQ:RELIANCE) -> instrument key
   instruments:meta              hash: where the loaded master came from, when, row count
+
+WebSocket connection registry (functions.registry; the sharded fan-out's view of who wants what):
+  ws:connections                ZSET connection id -> expiry (epoch s); the health endpoint's
+                                count is `ZCOUNT ws:connections (<now> +inf` (expired ids linger
+                                until swept)
+  ws:shards                     SET of shard numbers that have had connections
+  ws:shard:{N}                  ZSET of shard N's connection ids -> expiry (epoch s)
+  ws:shard:{N}:refs             HASH key -> number of shard N's connections subscribed to it
+  ws:conn:{ID}                  HASH of a connection's meta (shard, connected_at, source_ip, ...)
+  ws:conn:{ID}:keys             SET of the instrument keys the connection subscribed to
+  ws:conn:{ID}:sent             HASH key -> newest version claimed for this connection
+  ws:conn:{ID}:pending          HASH key -> update JSON that failed to post (carried forward)
+  ws:pending_shards             SET of shards with pending updates (the bridge fans them out)
+  ws:latest                     HASH key -> newest update JSON the bridge saw (the snapshot's
+                                versions), TTL 30 s, rewritten every window
+  ws:bridge:heartbeat           relay bridge status JSON (window, errors, last error), TTL 60 s
+  A connection's hashes/sets expire 1 h after its 2 h API Gateway maximum even if `$disconnect`
+  never arrives; the fan-out sweeps expired ids out of the ZSETs and refcounts before that.
 """
 
 from __future__ import annotations
@@ -48,6 +66,8 @@ WS_SHARDS_KEY = "ws:shards"
 WS_PENDING_SHARDS_KEY = "ws:pending_shards"
 WS_LATEST_KEY = "ws:latest"
 WS_LATEST_TTL_SECONDS = 30
+WS_BRIDGE_HEARTBEAT_KEY = "ws:bridge:heartbeat"
+WS_BRIDGE_HEARTBEAT_TTL_SECONDS = 60
 # API Gateway closes every WebSocket after 2 h; the margin lets a sweep still read what an
 # expired connection had subscribed to (to drop its refcounts) before the data itself expires.
 WS_MAX_CONNECTION_SECONDS = 2 * 3600
