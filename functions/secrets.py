@@ -3,6 +3,7 @@
 Secret shapes accepted in Secrets Manager (SecretString):
   ADMIN_SECRET_ARN     the key itself, or JSON {"ADMIN_API_KEY"|"admin_api_key"|"api_key": ...}
   WS_TOKEN_SECRET_ARN  the key itself, or JSON {"WS_TOKEN_SECRET"|"ws_token_secret"|"secret": ...}
+  REDIS_AUTH_SECRET_ARN  the ElastiCache AUTH token itself (or JSON {"token"|"password": ...})
   DHAN_SECRET_ARN      JSON {"client_id"|"DHAN_CLIENT_ID"|"clientId": ...,
                              "access_token"|"DHAN_ACCESS_TOKEN"|"accessToken": ...}
 
@@ -27,6 +28,7 @@ from functions.settings import Settings
 
 ADMIN_FIELDS = ("ADMIN_API_KEY", "admin_api_key", "api_key", "key")
 WS_TOKEN_FIELDS = ("WS_TOKEN_SECRET", "ws_token_secret", "secret")
+REDIS_AUTH_FIELDS = ("REDIS_AUTH_TOKEN", "token", "password", "auth_token")
 DHAN_CLIENT_FIELDS = ("client_id", "DHAN_CLIENT_ID", "clientId", "dhanClientId")
 DHAN_TOKEN_FIELDS = ("access_token", "DHAN_ACCESS_TOKEN", "accessToken", "token")
 
@@ -145,6 +147,16 @@ def resolve_ws_token_secret(settings: Settings, *, secrets: SecretsCache | None)
         text = secrets.get(settings.ws_token_secret_arn)
         return Secret(pick_field(text, WS_TOKEN_FIELDS, allow_plain=True))
     return settings.ws_token_secret
+
+
+def resolve_redis_password(settings: Settings, *, secrets: SecretsCache | None) -> Secret:
+    """The Redis AUTH token when one is configured apart from the URL; empty otherwise."""
+    if settings.redis_auth_secret_arn:
+        if secrets is None:
+            raise SecretError("REDIS_AUTH_SECRET_ARN is set but no Secrets Manager client exists")
+        text = secrets.get(settings.redis_auth_secret_arn)
+        return Secret(pick_field(text, REDIS_AUTH_FIELDS, allow_plain=True))
+    return settings.redis_auth_token
 
 
 def resolve_dhan_credentials(

@@ -8,6 +8,7 @@ any repr or log line); in AWS they are named by an ARN and resolved by `function
 | REDIS_URL | redis://127.0.0.1:6379/0 | cache, pub/sub and registry |
 | REDIS_SOCKET_TIMEOUT | 1.0 | seconds per Redis command before giving up (then 503) |
 | REDIS_CONNECT_TIMEOUT | 1.0 | seconds to open a Redis connection |
+| REDIS_AUTH_TOKEN / REDIS_AUTH_SECRET_ARN | "" | Redis AUTH token apart from the URL |
 | DHAN_CLIENT_ID, DHAN_ACCESS_TOKEN | "" | DhanHQ credentials (local run) |
 | DHAN_SECRET_ARN | "" | Secrets Manager secret holding both (AWS) |
 | DHAN_API_BASE_URL | https://api.dhan.co/v2 | REST base (the simulator's stand-in locally) |
@@ -44,6 +45,8 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     redis_socket_timeout: float = 1.0
     redis_connect_timeout: float = 1.0
+    redis_auth_token: Secret = Secret("")
+    redis_auth_secret_arn: str = ""
 
     dhan_client_id: str = ""
     dhan_access_token: Secret = Secret("")
@@ -74,6 +77,8 @@ class Settings:
             redis_url=env.text("REDIS_URL", DEFAULT_REDIS_URL),
             redis_socket_timeout=env.number("REDIS_SOCKET_TIMEOUT", 1.0, minimum=0.05),
             redis_connect_timeout=env.number("REDIS_CONNECT_TIMEOUT", 1.0, minimum=0.05),
+            redis_auth_token=env.secret("REDIS_AUTH_TOKEN"),
+            redis_auth_secret_arn=env.text("REDIS_AUTH_SECRET_ARN"),
             dhan_client_id=env.text("DHAN_CLIENT_ID"),
             dhan_access_token=env.secret("DHAN_ACCESS_TOKEN"),
             dhan_secret_arn=env.text("DHAN_SECRET_ARN"),
@@ -103,6 +108,11 @@ class Settings:
                 f"{settings.redis_url.split('://')[0]!r}"
             )
         return settings
+
+    @property
+    def uses_secrets_manager(self) -> bool:
+        return bool(self.admin_secret_arn or self.dhan_secret_arn or self.ws_token_secret_arn
+                    or self.redis_auth_secret_arn)  # fmt: skip
 
     @property
     def streamer_managed(self) -> bool:

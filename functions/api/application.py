@@ -1,5 +1,9 @@
 """The FastAPI application: routes, error translation, OpenAPI document.
 
+Routes: GET|POST /api/v1/current_prices, POST /screeners/ltp/start|stop,
+GET /api/v1/health/market_stream, GET /api/v1/ws_token (connect tokens for the WebSocket API,
+whose `$connect` authorizer checks them), plus /docs and /openapi.json.
+
 `create_app(deps)` is pure wiring; the entry point (`functions.api`) builds the deps once per
 execution environment. Blocking work that can take long (DhanHQ REST, ECS, Secrets Manager)
 runs in the threadpool; the cache path calls redis-py directly on the event loop, which costs
@@ -10,8 +14,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
-import redis.exceptions
 from fastapi import FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -20,10 +22,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from functions.api import schemas
+from functions.api.answers import (
+    JSON,
+    REDIS_ERRORS,
+    Answer,
+    error,
+    error_answer,
+    json_answer,
+)
 from functions.api.auth import require_admin
 from functions.api.deps import ApiDeps
 from functions.api.health import market_stream_health
-from functions.api.keys import MAX_BODY_BYTES, check_body_size, keys_from_query
+from functions.api.keys import MAX_BODY_BYTES, check_declared_length, keys_from_query
 from functions.api.observability import ObservabilityMiddleware, logger
 from functions.api.payloads import (
     MAX_START_BODY_BYTES,
@@ -32,20 +42,14 @@ from functions.api.payloads import (
     start_request,
     stop_request,
 )
-from functions.api.prices import fetch_missing, read_cache, record_metrics, render
-from functions.errors import (
-    ApiError,
-    RegistryBusy,
-    ScalingError,
-    SecretError,
-    StreamError,
-    StreamLimitError,
-)
+from functions.api.prices import fetch_missing, prices_answer, read_cache
+from functions.errors import ApiError, RegistryBusy, ScalingError, SecretError, StreamError
+from functions.secrets import resolve_ws_token_secret
 from functions.streams import StopResult, Stream, start_streams, stop_streams
+from functions.wsauth import mint_token
 
-JSON = "application/json"
-NO_STORE = {"Cache-Control": "no-store"}
-REDIS_RETRY_AFTER = 5
+# The page fetches a fresh token before every connect, so a short life costs nothing.
+WS_TOKEN_TTL_SECONDS = 600
 
 bearer = HTTPBearer(auto_error=False, description="the admin key (ADMIN_API_KEY)")
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
@@ -64,9 +68,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     async def prices_for(wanted: list[str]) -> Response:
         cached, misses = read_cache(deps, wanted)
         fetched = await run_in_threadpool(fetch_missing, deps, misses) if misses else None
-        record_metrics(deps, hits=len(cached), misses=len(misses), fetched=fetched)
-        body = render(requested=len(wanted), cached=cached, fetched=fetched)
-        return Response(body, media_type=JSON, headers=NO_STORE)
+        return _response(prices_answer(deps, wanted, cached, misses, fetched))
 
     @app.get(
         "/api/v1/current_prices",
@@ -136,7 +138,24 @@ def create_app(deps: ApiDeps) -> FastAPI:
     async def health() -> Response:
         return _json(await run_in_threadpool(_health, deps))
 
+    @app.get(
+        "/api/v1/ws_token",
+        summary="A signed, expiring token for the WebSocket API's $connect",
+        response_model=None,
+        responses={200: {"model": schemas.WsTokenResponse}, **schemas.error_responses(503)},
+    )
+    async def ws_token() -> Response:
+        return _json(await run_in_threadpool(_ws_token, deps))
+
     return app
+
+
+def _ws_token(deps: ApiDeps) -> dict[str, Any]:
+    secret = resolve_ws_token_secret(deps.settings, secrets=deps.secrets)
+    if not secret:  # the WebSocket API takes connections without a token (local run)
+        return {"token": None, "expires_in": None}
+    return {"token": mint_token(secret.value, ttl_seconds=WS_TOKEN_TTL_SECONDS),
+            "expires_in": WS_TOKEN_TTL_SECONDS}  # fmt: skip
 
 
 def _start(deps: ApiDeps, token: str | None, body: bytes, caller: str) -> dict[str, Any]:
@@ -180,64 +199,27 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
 
 def _check_declared_length(request: Request, limit: int) -> None:
     """Refuse an oversized body before reading it, when the client declared its size."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        check_body_size(int(declared), limit=limit)
+    check_declared_length(request.headers.get("content-length"), limit)
 
 
-def _json(document: dict[str, Any], status: int = 200,
-          headers: dict[str, str] | None = None) -> Response:  # fmt: skip
-    return Response(orjson.dumps(document), status_code=status, media_type=JSON,
-                    headers={**NO_STORE, **(headers or {})})  # fmt: skip
+def _response(answer: Answer) -> Response:
+    return Response(answer.body, status_code=answer.status, media_type=JSON,
+                    headers=answer.headers)  # fmt: skip
 
 
-def _error(status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
-           **details: Any) -> Response:  # fmt: skip
-    return _json({"error": code, "message": message, **details}, status, headers)
+def _json(document: dict[str, Any]) -> Response:
+    return _response(json_answer(document))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    retry = {"Retry-After": str(REDIS_RETRY_AFTER)}
+    async def known(_: Request, exc: Exception) -> Response:
+        answer = error_answer(exc)
+        if answer is None:  # not reachable: only known kinds are registered below
+            raise exc
+        return _response(answer)
 
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> Response:
-        return _json(exc.body(), exc.status, exc.headers)
-
-    @app.exception_handler(StreamLimitError)
-    async def stream_limit(_: Request, exc: StreamLimitError) -> Response:
-        return _error(409, "too_many_stream_keys", str(exc))
-
-    @app.exception_handler(StreamError)
-    async def stream_error(_: Request, exc: StreamError) -> Response:
-        return _error(422, "invalid_stream", str(exc))
-
-    @app.exception_handler(RegistryBusy)
-    async def registry_busy(_: Request, exc: RegistryBusy) -> Response:
-        return _error(503, "registry_busy", str(exc), headers={"Retry-After": "1"})
-
-    @app.exception_handler(ScalingError)
-    async def scaling_error(_: Request, exc: ScalingError) -> Response:
-        logger.warning("streamer scaling failed", extra={"reason": str(exc)})
-        return _error(503, "streamer_unavailable",
-                      f"the stream registry is up to date but the streamer service could not "
-                      f"be scaled ({exc}); retry, the request is idempotent",
-                      headers={"Retry-After": "10"})  # fmt: skip
-
-    @app.exception_handler(SecretError)
-    async def secret_error(_: Request, exc: SecretError) -> Response:
-        logger.warning("secret unavailable", extra={"reason": str(exc)})
-        return _error(503, "secret_unavailable", "a secret could not be read; retry shortly",
-                      headers=retry)  # fmt: skip
-
-    async def redis_down(_: Request, exc: Exception) -> Response:
-        logger.warning("redis unavailable", extra={"reason": type(exc).__name__})
-        return _error(503, "redis_unavailable",
-                      "the price cache is unreachable right now; retry shortly",
-                      headers=retry)  # fmt: skip
-
-    for kind in (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                 redis.exceptions.ReadOnlyError):  # fmt: skip
-        app.add_exception_handler(kind, redis_down)
+    for kind in (ApiError, StreamError, RegistryBusy, ScalingError, SecretError, *REDIS_ERRORS):
+        app.add_exception_handler(kind, known)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
@@ -245,9 +227,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg', 'invalid')}"
             for error in exc.errors()
         ]
-        return _error(422, "invalid_request", "; ".join(problems) or "invalid request")
+        return _response(error(422, "invalid_request", "; ".join(problems) or "invalid request"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        return _error(exc.status_code, "http_error", str(exc.detail),
-                      headers=dict(exc.headers or {}))  # fmt: skip
+        headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+        return _response(error(exc.status_code, "http_error", str(exc.detail), headers=headers))

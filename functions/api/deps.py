@@ -11,16 +11,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from aws_lambda_powertools import Metrics
 from redis import Redis
 from redis.backoff import NoBackoff
+from redis.credentials import CredentialProvider
 from redis.retry import Retry
 
 from core.names import WS_CONNECTIONS_KEY
 from functions.dhan_rest import SdkSourceCache
-from functions.secrets import SecretsCache, SecretsClient
+from functions.secrets import SecretsCache, SecretsClient, resolve_redis_password
 from functions.settings import Settings
 from functions.streams import EcsStreamerService, StreamerService
 
@@ -31,15 +32,41 @@ SERVICE_NAME = "ltp-api"
 T = TypeVar("T")
 
 
-def connect_redis(settings: Settings) -> Redis:
+class SecretPassword(CredentialProvider):
+    """Redis AUTH from REDIS_AUTH_TOKEN or the secret named by REDIS_AUTH_SECRET_ARN, read for
+    each new connection through the secrets cache, so a rotated token is picked up by the next
+    connection instead of needing a cold start."""
+
+    def __init__(self, settings: Settings, *, secrets: SecretsCache | None) -> None:
+        self._settings = settings
+        self._secrets = secrets
+
+    def get_credentials(self) -> tuple[str]:
+        return (resolve_redis_password(self._settings, secrets=self._secrets).value,)
+
+
+def secrets_for(settings: Settings) -> SecretsCache | None:
+    """A Secrets Manager cache when any ARN is configured (boto3 built on first read)."""
+    if not settings.uses_secrets_manager:
+        return None
+    return SecretsCache(client_factory=_boto3_secrets_client,
+                        ttl_seconds=settings.secrets_cache_seconds)  # fmt: skip
+
+
+def connect_redis(settings: Settings, *, secrets: SecretsCache | None = None) -> Redis:
     """A client with short timeouts and one immediate retry (a pooled socket that went stale
-    while the Lambda was frozen); Redis being down must become a quick 503, not a hang."""
+    while the Lambda was frozen); Redis being down must become a quick 503, not a hang.
+    Nothing connects until the first command."""
+    extra: dict[str, Any] = {}
+    if settings.redis_auth_secret_arn or settings.redis_auth_token:
+        extra["credential_provider"] = SecretPassword(settings, secrets=secrets)
     return Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_connect_timeout,
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
+        **extra,
     )
 
 
@@ -82,13 +109,17 @@ class ApiDeps:
     wall_clock: Callable[[], float] = time.time
 
     @classmethod
-    def for_settings(cls, settings: Settings, *, redis: Redis, metrics: Metrics) -> ApiDeps:
+    def for_settings(
+        cls,
+        settings: Settings,
+        *,
+        redis: Redis,
+        metrics: Metrics,
+        secrets: SecretsCache | None = None,
+    ) -> ApiDeps:
         """The production wiring: boto3 clients built on first use, from the environment."""
-        secrets = None
-        if settings.admin_secret_arn or settings.dhan_secret_arn or settings.ws_token_secret_arn:
-            secrets = SecretsCache(
-                client_factory=_boto3_secrets_client, ttl_seconds=settings.secrets_cache_seconds
-            )
+        if secrets is None:
+            secrets = secrets_for(settings)
         service: Callable[[], StreamerService | None] = _not_managed
         if settings.streamer_managed:
             service = Lazy(

@@ -1,8 +1,8 @@
 """The HTTP API's entry point, built once per execution environment when first imported.
 
-Settings, the Redis client (reused across warm invocations), the FastAPI app and the Mangum
-handler live at module scope here; `functions.api` exposes them lazily as `functions.api.app`
-and `functions.api.handler`.
+Settings, the Redis client (reused across warm invocations), the FastAPI app, Mangum and the
+Lambda router live at module scope here; `functions.api` exposes them lazily as
+`functions.api.app` and `functions.api.handler`.
 """
 
 from __future__ import annotations
@@ -13,18 +13,22 @@ from aws_lambda_powertools.logging import correlation_paths
 from mangum import Mangum
 
 from functions.api.application import create_app
-from functions.api.deps import ApiDeps, connect_redis
+from functions.api.deps import ApiDeps, connect_redis, secrets_for
 from functions.api.observability import logger, new_metrics
+from functions.api.router import LambdaRouter
 from functions.settings import Settings
 
 settings = Settings.from_env()
 metrics = new_metrics(settings.metrics_namespace)
-redis_client = connect_redis(settings)
-app = create_app(ApiDeps.for_settings(settings, redis=redis_client, metrics=metrics))
+secrets = secrets_for(settings)
+redis_client = connect_redis(settings, secrets=secrets)
+deps = ApiDeps.for_settings(settings, redis=redis_client, metrics=metrics, secrets=secrets)
+app = create_app(deps)
 asgi_handler = Mangum(app, lifespan="off")
+router = LambdaRouter(deps=deps, asgi=asgi_handler)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return asgi_handler(event, context)
+    return router(event, context)

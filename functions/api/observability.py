@@ -3,7 +3,9 @@
 Logs: Powertools JSON lines with the request id as `correlation_id` (API Gateway's
 `requestContext.requestId` in Lambda, else an `X-Request-Id` header or a fresh id under
 uvicorn). Only method, path, status, duration and counts are logged: never headers, bodies or
-query strings, so an admin key or a token cannot reach a log line.
+query strings, so an admin key or a token cannot reach a log line. One line per request at
+DEBUG for successes (API Gateway's access log already has every request; a browser polls every
+1.5 s), INFO for 4xx, ERROR for 5xx.
 
 Metrics (namespace from settings, dimension `service`): RequestLatency (ms), ServerErrors,
 CacheHits, CacheMisses, RestFetched, RestCalls, RestErrors, RestRateLimited. In Lambda the
@@ -58,25 +60,39 @@ class ObservabilityMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000.0
-            self.metrics.add_metric(
-                name="RequestLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms
-            )
-            if status >= 500:
-                count(self.metrics, "ServerErrors", 1)
-            logger.info(
-                "request",
-                extra={"method": scope["method"], "path": scope["path"], "status": status,
-                       "duration_ms": round(elapsed_ms, 3)},  # fmt: skip
-            )
+            request_done(self.metrics, method=scope["method"], path=scope["path"],
+                         status=status, started=started)  # fmt: skip
 
 
-def _request_id(scope: Scope) -> str:
-    event: Any = scope.get("aws.event")
+def request_done(metrics: Metrics, *, method: str, path: str, status: int,
+                 started: float) -> None:  # fmt: skip
+    """Latency metric and the request's log line (see the module docstring for levels)."""
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    metrics.add_metric(name="RequestLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
+    if status >= 500:
+        count(metrics, "ServerErrors", 1)
+        log = logger.error
+    elif status >= 400:
+        log = logger.info
+    else:
+        log = logger.debug
+    log("request", extra={"method": method, "path": path, "status": status,
+                          "duration_ms": round(elapsed_ms, 3)})  # fmt: skip
+
+
+def event_request_id(event: Any) -> str | None:
+    """API Gateway's request id of an HTTP API event."""
     if isinstance(event, dict):
         context = event.get("requestContext")
         if isinstance(context, dict) and isinstance(context.get("requestId"), str):
             return str(context["requestId"])
+    return None
+
+
+def _request_id(scope: Scope) -> str:
+    from_event = event_request_id(scope.get("aws.event"))
+    if from_event is not None:
+        return from_event
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id" and 0 < len(value) <= 128:
             return str(value.decode("latin-1"))

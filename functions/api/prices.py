@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from core.instruments import InstrumentKey
-from core.messages import utc_now_iso
+from core.messages import parse_price, utc_now_iso
 from core.names import LTP_PREFIX
+from functions.api.answers import NO_STORE, Answer
 from functions.api.deps import ApiDeps
 from functions.api.observability import count, logger
 from functions.dhan_rest import (
@@ -38,26 +39,55 @@ from functions.errors import SecretError
 from functions.ratelimit import RateLimiter
 from functions.secrets import resolve_dhan_credentials
 
+_NAME_GLUE = "," + LTP_PREFIX
+
 
 def read_cache(deps: ApiDeps, keys: Sequence[str]) -> tuple[dict[str, float], list[str]]:
-    """Cached prices and the keys that missed (or held something that is not a price)."""
-    values = deps.redis.mget([LTP_PREFIX + key for key in keys])
+    """Cached prices and the keys that missed (or held something that is not a price).
+
+    The usual answer (every key cached, every value a finite number) is built with C-level
+    iteration only: one join/split for the names, one `dict(zip(map(float)))`.
+    """
+    if not keys:
+        return {}, []
+    # Canonical keys never contain a comma, so a join and a split build all the names at once.
+    names = (LTP_PREFIX + _NAME_GLUE.join(keys)).split(",")
+    values = deps.redis.mget(names)
+    if None not in values:
+        present = cast(list[bytes | str], values)
+        try:
+            prices = dict(zip(keys, map(float, present), strict=True))
+        except (ValueError, TypeError):
+            pass
+        else:
+            if all(map(math.isfinite, prices.values())):
+                return prices, []
+    return _read_slowly(keys, values)
+
+
+def _read_slowly(
+    keys: Sequence[str], values: Sequence[bytes | str | None]
+) -> tuple[dict[str, float], list[str]]:
     prices: dict[str, float] = {}
     misses: list[str] = []
     for key, value in zip(keys, values, strict=True):
-        if value is None:
+        price = parse_price(value)
+        if price is None:
             misses.append(key)
-            continue
-        try:
-            price = float(value)
-        except ValueError:
-            misses.append(key)
-            continue
-        if math.isfinite(price):
-            prices[key] = price
         else:
-            misses.append(key)
+            prices[key] = price
     return prices, misses
+
+
+def prices_answer(
+    deps: ApiDeps,
+    keys: Sequence[str],
+    cached: dict[str, float],
+    misses: Sequence[str],
+    fetched: FetchResult | None,
+) -> Answer:
+    record_metrics(deps, hits=len(cached), misses=len(misses), fetched=fetched)
+    return Answer(200, render(requested=len(keys), cached=cached, fetched=fetched), NO_STORE)
 
 
 def fetch_missing(deps: ApiDeps, keys: Sequence[str]) -> FetchResult:

@@ -86,6 +86,12 @@ class StopResponse(BaseModel):
     streamer: Literal["stopped", "already_stopped", "still_needed", "not_managed"]
 
 
+class WsTokenResponse(BaseModel):
+    token: str | None = Field(description="pass as ?token= on the WebSocket URL; null when the "
+                              "WebSocket API needs none")  # fmt: skip
+    expires_in: int | None = Field(description="seconds the token stays valid")
+
+
 class HealthResponse(BaseModel):
     model_config = ConfigDict(extra="allow")
 

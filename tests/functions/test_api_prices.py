@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from functions.api.keys import MAX_BODY_BYTES, MAX_POST_KEYS, MAX_QUERY_BYTES
@@ -9,6 +10,15 @@ from tests.functions import test_api_support as support
 from tests.functions.test_api_support import ApiHarness, MakeApi, load_event, with_headers
 
 make_api = support.make_api
+
+
+@pytest.fixture(params=["mangum", "router"])
+def api_via(request: pytest.FixtureRequest) -> str:
+    """Every test here runs through Mangum + FastAPI and through the Lambda router."""
+    return str(request.param)
+
+
+pytestmark = pytest.mark.usefixtures("api_via")
 api = support.api
 
 SEED_FIELDS = {"prices", "timestamp", "count", "cached_count", "api_fetched_count"}
@@ -171,3 +181,32 @@ def test_declared_content_length_over_the_limit_is_refused_early(api: ApiHarness
                          content_length=str(MAX_BODY_BYTES + 10))  # fmt: skip
     answer = api.invoke(event)
     assert answer.status == 413
+
+
+def test_router_and_mangum_answer_alike(make_api: MakeApi, redis_client: redis.Redis) -> None:
+    from tests.functions.test_api_support import ApiHarness as Harness
+    from tests.functions.test_api_support import with_body, with_query
+
+    redis_client.set("ltp:NSE_EQ:1333", "1234.5")
+    base = make_api()
+    mangum = Harness(base.deps, via="mangum")
+    router = Harness(base.deps, via="router")
+    get, post = load_event("http_get_current_prices"), load_event("http_post_current_prices")
+    events = [
+        get, post, load_event("http_post_current_prices_base64"),
+        with_query(get, "keys=NSE_EQ:1333,BAD"), with_query(get, ""),
+        with_query(get, "keys=" + "NSE_EQ:1," * 2000), with_body(post, "{"),
+        with_body(post, {"keys": ["NSE_EQ:1"] * (MAX_POST_KEYS + 1)}),
+        with_headers(post, content_length=str(MAX_BODY_BYTES + 1)),
+    ]
+    try:
+        for event in events:
+            a, b = mangum.invoke(event), router.invoke(event)
+            assert (a.status, a.headers) == (b.status, b.headers)
+            first, second = a.json(), b.json()
+            first.pop("timestamp", None)
+            second.pop("timestamp", None)
+            assert first == second
+    finally:
+        mangum.close()
+        router.close()

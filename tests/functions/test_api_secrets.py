@@ -196,3 +196,82 @@ def test_dhan_credentials_from_secrets_manager_and_a_renewed_token(
         aws.put_secret_value(SecretId=arn, SecretString=old.replace("old-token", "new-token"))
         body = api.get_prices("keys=NSE_EQ:1333").json()
         assert body["prices"] == {"NSE_EQ:1333": 1234.5}
+
+
+# --- Redis AUTH from a secret ------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_with_password() -> Iterator[tuple[str, str]]:
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    from local.redis_server import free_port, ping
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs a redis-server binary to run one with requirepass")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as workdir:
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no", "--dir", workdir,
+                                 "--requirepass", "first-auth-token"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            url = f"redis://127.0.0.1:{port}/0"
+            deadline = time.monotonic() + 10
+            while not ping(f"redis://:first-auth-token@127.0.0.1:{port}/0"):
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+            yield url, "first-auth-token"
+        finally:
+            proc.terminate()
+            proc.wait(5)
+
+
+def test_redis_auth_token_from_a_secret_follows_rotation(
+    aws: Any, redis_with_password: tuple[str, str]
+) -> None:
+    from functions.api.deps import connect_redis
+
+    url, token = redis_with_password
+    arn = aws.create_secret(Name="redis-auth", SecretString=token)["ARN"]
+    settings = Settings(redis_url=url, redis_auth_secret_arn=arn)
+    client = connect_redis(settings, secrets=SecretsCache(client=aws, ttl_seconds=0))
+    try:
+        assert client.ping()
+        client.config_set("requirepass", "second-auth-token")
+        aws.put_secret_value(SecretId=arn, SecretString="second-auth-token")
+        client.connection_pool.disconnect()  # as after a failover: every new connection AUTHs
+        assert client.ping()
+    finally:
+        client.close()
+
+    plain = connect_redis(Settings(redis_url=url, redis_auth_token=Secret("second-auth-token")))
+    try:
+        assert plain.ping()
+    finally:
+        plain.close()
+
+
+# --- WebSocket connect tokens ------------------------------------------------------------------
+
+
+def test_ws_token_route_mints_tokens_the_authorizer_accepts(make_api: MakeApi, aws: Any) -> None:
+    from functions.wsauth import verify_token
+
+    arn = aws.create_secret(Name="ws", SecretString="hmac-key-0123456789")["ARN"]
+    api = make_api(ws_token_secret_arn=arn, deps_overrides={"secrets": SecretsCache(client=aws)})
+    event = support.load_event("http_get_health")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/api/v1/ws_token"
+    answer = api.invoke(event)
+    assert answer.status == 200
+    assert answer.headers["cache-control"] == "no-store"
+    body = answer.json()
+    claims = verify_token(body["token"], "hmac-key-0123456789")
+    assert claims.expires_at - claims.issued_at == body["expires_in"]
+
+    open_api = make_api()
+    assert open_api.invoke(event).json() == {"token": None, "expires_in": None}

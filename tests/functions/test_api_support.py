@@ -22,6 +22,7 @@ from mangum import Mangum
 from functions.api.application import create_app
 from functions.api.deps import ApiDeps, connect_redis
 from functions.api.observability import logger, new_metrics
+from functions.api.router import LambdaRouter
 from functions.settings import Settings
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -91,10 +92,13 @@ class Answer:
 
 
 class ApiHarness:
-    """The app behind Mangum on a private event loop, invoked with HTTP API v2 events."""
+    """The app behind Mangum on a private event loop, invoked with HTTP API v2 events; with
+    `via="router"` through the Lambda router (hot route from the event, the rest via Mangum),
+    as `functions.api.handler` does."""
 
-    def __init__(self, deps: ApiDeps) -> None:
+    def __init__(self, deps: ApiDeps, *, via: str = "mangum") -> None:
         self.deps = deps
+        self.via = via
         self.app = create_app(deps)
         self.loop = asyncio.new_event_loop()
         # Mangum adopts the current loop when built (and would create one that nobody closes).
@@ -103,11 +107,12 @@ class ApiHarness:
             self.mangum = Mangum(self.app, lifespan="off")
         finally:
             asyncio.set_event_loop(None)
+        self.entry = LambdaRouter(deps=deps, asgi=self.mangum) if via == "router" else self.mangum
 
     def invoke(self, event: dict[str, Any]) -> Answer:
         asyncio.set_event_loop(self.loop)
         try:
-            result = self.mangum(event, LambdaContext())
+            result = self.entry(event, LambdaContext())
         finally:
             asyncio.set_event_loop(None)
         body = result.get("body") or ""
@@ -143,8 +148,12 @@ MakeApi = Callable[..., ApiHarness]
 
 
 @pytest.fixture
-def make_api(redis_url: str, redis_client: redis.Redis) -> Iterator[MakeApi]:
-    """Build harnesses: `make_api(**settings_overrides, deps_overrides={...})`."""
+def make_api(
+    redis_url: str, redis_client: redis.Redis, request: pytest.FixtureRequest
+) -> Iterator[MakeApi]:
+    """Build harnesses: `make_api(**settings_overrides, deps_overrides={...})`. A module that
+    defines an `api_via` fixture ("mangum" or "router") chooses the path."""
+    via = request.getfixturevalue("api_via") if "api_via" in request.fixturenames else "mangum"
     harnesses: list[ApiHarness] = []
     clients: list[redis.Redis] = []
 
@@ -156,7 +165,7 @@ def make_api(redis_url: str, redis_client: redis.Redis) -> Iterator[MakeApi]:
         deps = ApiDeps.for_settings(settings, redis=client, metrics=metrics)
         if deps_overrides:
             deps = replace(deps, **deps_overrides)
-        harness = ApiHarness(deps)
+        harness = ApiHarness(deps, via=via)
         harnesses.append(harness)
         return harness
 

@@ -35,6 +35,15 @@ from tests.functions.test_api_support import ApiHarness, MakeApi
 
 make_api = support.make_api
 
+
+@pytest.fixture(params=["mangum", "router"])
+def api_via(request: pytest.FixtureRequest) -> str:
+    """Every test here runs through Mangum + FastAPI and through the Lambda router."""
+    return str(request.param)
+
+
+pytestmark = pytest.mark.usefixtures("api_via")
+
 CLIENT_ID = "1000000001"
 TOKEN = "sim-token"
 
