@@ -24,7 +24,9 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Protocol, cast
 
 from core import names
@@ -37,6 +39,7 @@ MAX_PAYLOAD_BYTES = 900_000
 DEFAULT_BUDGET_PER_SECOND = 5000.0
 # How often every shard is invoked even without updates (sweeps expired connections).
 HOUSEKEEPING_SECONDS = 60.0
+HEARTBEAT_SECONDS = 10.0
 
 
 class Conflator:
@@ -120,22 +123,26 @@ class Invoker(Protocol):
 
 class LambdaInvoker:
     """`lambda_client` is boto3's `lambda` client (its stubs' kwargs-only signature defeats a
-    structural Protocol, hence Any)."""
+    structural Protocol, hence Any). Its own threads, so a window's invokes run side by side."""
 
-    def __init__(self, *, lambda_client: Any, function_name: str) -> None:
+    def __init__(self, *, lambda_client: Any, function_name: str, threads: int = 16) -> None:
         self._client = lambda_client
         self._function = function_name
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="invoke")
 
     async def invoke(self, payload: dict[str, Any]) -> None:
-        await asyncio.to_thread(self._client.invoke, FunctionName=self._function,
-                                InvocationType="Event", Payload=dumps(payload))
+        call = partial(self._client.invoke, FunctionName=self._function,
+                       InvocationType="Event", Payload=dumps(payload))
+        await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
 
 class LocalInvoker:
     """Runs the fan-out code in a worker thread; one shard's windows run in order."""
 
-    def __init__(self, *, run: Callable[[dict[str, Any]], Any]) -> None:
+    def __init__(self, *, run: Callable[[dict[str, Any]], Any], threads: int = 8) -> None:
         self._run = run
+        # Not the default executor: busy fan-outs must not delay the gateway's handler calls.
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fanout-shard")
         self._locks: dict[int, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.results: list[Any] = []
@@ -150,7 +157,8 @@ class LocalInvoker:
         lock = self._locks.setdefault(int(payload["shard"]), asyncio.Lock())
         async with lock:
             try:
-                result = await asyncio.to_thread(self._run, payload)
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self._executor, self._run, payload)
             except Exception:
                 self.errors += 1
                 log.exception("local fan-out of shard %s failed", payload.get("shard"))
@@ -213,6 +221,7 @@ class RelayBridge:
         self.window = min_window
         self._sequence = 0
         self._last_housekeeping = 0.0
+        self._last_heartbeat = 0.0
         self._resync_needed = False
         self.subscribed = asyncio.Event()
 
@@ -409,11 +418,22 @@ class RelayBridge:
                   "invocations": float(len(payloads)), "expected_posts": float(posts)}
         self.stats.history.append(record)
         del self.stats.history[:-120]
+        if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            self._last_heartbeat = now
+            await self._redis.set(names.WS_BRIDGE_HEARTBEAT_KEY, dumps(self.status(now)),
+                                  ex=names.WS_BRIDGE_HEARTBEAT_TTL_SECONDS)
         if self._on_window is not None:
             maybe = self._on_window({**record, "next_window": self.window})
             if maybe is not None:
                 await maybe
         return payloads
+
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """What the heartbeat says: enough to tell a stuck or failing bridge from a quiet one."""
+        stats = asdict(self.stats)
+        stats.pop("history")
+        return {"time": time.time() if now is None else now,
+                "subscribed": self.subscribed.is_set(), **stats}
 
 
 def _text(value: bytes | str) -> str:

@@ -140,6 +140,9 @@ async def test_pending_and_housekeeping_shards_are_invoked_without_updates(
     bridge = RelayBridge(redis=aredis, invoker=invoker, housekeeping_seconds=3600)
     await bridge.close_window()  # the first window is a housekeeping one: every shard
     assert sorted(p["shard"] for p in invoker.payloads) == [0, 1, 2, 3]
+    heartbeat = orjson.loads(redis_client.get(names.WS_BRIDGE_HEARTBEAT_KEY) or b"{}")
+    assert heartbeat["windows"] == 1 and heartbeat["reader_errors"] == 0
+    assert 0 < redis_client.ttl(names.WS_BRIDGE_HEARTBEAT_KEY) <= 60
     invoker.payloads.clear()
     await bridge.close_window()
     assert invoker.payloads == []
