@@ -2,21 +2,17 @@
 
 StreamerError
  +-- CredentialsError     DhanHQ client id / token missing or unreadable (env or Secrets Manager)
- +-- FeedError            one feed connection failed; carries the classified `Failure`
- |    +-- FatalFeedError  the feed refused us for good (806/808/809/810): that connection stops
- +-- SinkError            Redis could not take a batch (the batch is kept and retried)
+ +-- SinkError            Redis answered a batch write with something other than success
  +-- LeaseLostError       another instance took the single-writer lease we held
 
-Configuration problems are `core.errors.ConfigError`. Third-party errors (websockets, redis,
-botocore) are translated into these at the module that talks to the library.
+Feed failures are not exceptions: a connection turns whatever ended a session (a websockets
+or OS error, a disconnect packet, silence) into a `failures.Failure` value at the boundary, and
+its reconnect loop acts on `failures.classify`. Configuration problems are
+`core.errors.ConfigError`; Redis errors (`redis.exceptions.RedisError`) are caught where the
+sink, key source, lease and heartbeat retry them.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from streamer.failures import Failure
 
 
 class StreamerError(Exception):
@@ -27,20 +23,8 @@ class CredentialsError(StreamerError):
     """The DhanHQ credentials cannot be found or read."""
 
 
-class FeedError(StreamerError):
-    """A feed connection ended; `failure` says how, for `failures.classify`."""
-
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(failure.describe())
-        self.failure = failure
-
-
-class FatalFeedError(FeedError):
-    """The feed will not serve this connection again without an operator's help."""
-
-
 class SinkError(StreamerError):
-    """A Redis batch failed."""
+    """A Redis batch write was not applied in full."""
 
 
 class LeaseLostError(StreamerError):

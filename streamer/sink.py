@@ -31,6 +31,7 @@ from core.messages import Update, batch_update, dumps, format_price
 from core.names import LIVE_LTP_CHANNEL, LTP_PREFIX, LTP_TTL_SECONDS
 from streamer.backoff import Backoff
 from streamer.coalescer import Coalescer
+from streamer.errors import SinkError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class RedisSink:
                 chunk = batch[start : start + self._max_batch]
                 await self._write(chunk)
                 done = start + len(chunk)
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, SinkError) as exc:
             self._failed(batch[done:], exc)
             return False
         self.flushes += 1
@@ -139,7 +140,7 @@ class RedisSink:
             keys=names, args=[self._ttl, LIVE_LTP_CHANNEL, message, *prices]
         )
         if written != len(chunk):
-            raise RedisError(f"batch script wrote {written} of {len(chunk)} keys")
+            raise SinkError(f"batch script wrote {written} of {len(chunk)} keys")
         self.written += len(chunk)
         self.published += 1
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.errors import FeedError
 from streamer.failures import Action, Failure, Kind, classify
 
 
@@ -43,4 +42,3 @@ def test_messages_name_the_reason() -> None:
     )
     assert Failure(Kind.SILENCE).describe() == "silence"
     assert "unknown reason" in Failure(Kind.DISCONNECT, 1).describe()
-    assert str(FeedError(Failure(Kind.DISCONNECT, 807))).startswith("feed disconnect 807")
