@@ -64,7 +64,7 @@ def _stack_children(stack: Stack, prefix: str) -> list[IConstruct]:
 
 
 def acknowledge_findings(stack: LtpStack) -> None:
-    partition = "<AWS::Partition>"
+    partition = _pseudo(stack.partition, "Partition")
     region = _pseudo(stack.region, "Region")
     account = _pseudo(stack.account, "AccountId")
 

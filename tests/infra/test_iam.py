@@ -87,7 +87,7 @@ def test_each_secret_is_readable_only_by_its_users(synthesized: Synthesized) -> 
         roles = set()
         for policy, statement in statements(synthesized.resources):
             if "secretsmanager:GetSecretValue" in as_list(statement.get("Action", [])) and (
-                statement["Resource"] == {"Ref": secret_id}
+                {"Ref": secret_id} in as_list(statement["Resource"])
             ):
                 roles.update(
                     r["Ref"] for r in synthesized.resources[policy]["Properties"]["Roles"]
