@@ -1,4 +1,8 @@
-"""Real clients for the scheduler, built once per execution environment."""
+"""Real clients for the scheduler, built once per execution environment.
+
+Settings are the shared `functions.settings.Settings` (REDIS_URL, REDIS_AUTH_TOKEN or
+REDIS_AUTH_SECRET_ARN, STREAMER_CLUSTER, STREAMER_SERVICE, ...).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ from redis import Redis
 from functions.schedule.control import RegistryStreamControl
 from functions.schedule.nse_calendar import load_shipped
 from functions.schedule.runner import MarketHoursScheduler, utc_now
-from functions.schedule.settings import ScheduleSettings
-from functions.secrets import SecretsCache, SecretsClient
+from functions.secrets import SecretsCache, SecretsClient, resolve_redis_password
+from functions.settings import Settings
 from functions.streams import EcsStreamerService, StreamerService
 
 
@@ -24,14 +28,6 @@ def _secrets_client() -> SecretsClient:
     return client
 
 
-def redis_password(settings: ScheduleSettings, *, secrets: SecretsCache | None) -> str | None:
-    if settings.redis_auth_secret_arn:
-        if secrets is None:
-            raise ValueError("REDIS_AUTH_SECRET_ARN is set but no Secrets Manager client")
-        return secrets.get(settings.redis_auth_secret_arn).strip() or None
-    return settings.redis_auth_token.value or None
-
-
 def build_scheduler(
     environ: Mapping[str, str] | None = None,
     *,
@@ -39,21 +35,25 @@ def build_scheduler(
     service: StreamerService | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> MarketHoursScheduler:
-    settings = ScheduleSettings.from_env(environ)
-    base = settings.base
+    settings = Settings.from_env(environ)
     if secrets is None and settings.redis_auth_secret_arn:
-        secrets = SecretsCache(client_factory=_secrets_client)
+        secrets = SecretsCache(
+            client_factory=_secrets_client, ttl_seconds=settings.secrets_cache_seconds
+        )
+    password = resolve_redis_password(settings, secrets=secrets).value
     redis = Redis.from_url(
-        base.redis_url,
-        password=redis_password(settings, secrets=secrets),
-        socket_timeout=base.redis_socket_timeout,
-        socket_connect_timeout=base.redis_connect_timeout,
+        settings.redis_url,
+        password=password or None,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_connect_timeout,
     )
-    if service is None and base.streamer_managed:
+    if service is None and settings.streamer_managed:
         import boto3
 
         service = EcsStreamerService(
-            ecs=boto3.client("ecs"), cluster=base.streamer_cluster, service=base.streamer_service
+            ecs=boto3.client("ecs"),
+            cluster=settings.streamer_cluster,
+            service=settings.streamer_service,
         )
     return MarketHoursScheduler(
         control=RegistryStreamControl(redis=redis, service=service),

@@ -13,9 +13,7 @@ from moto import mock_aws
 from core.names import stream_key
 from functions.schedule import handler
 from functions.schedule.errors import ScheduleEventError
-from functions.schedule.settings import ScheduleSettings
-from functions.schedule.wiring import build_scheduler, redis_password, scheduler
-from functions.secrets import SecretsCache
+from functions.schedule.wiring import build_scheduler, scheduler
 from functions.streams import Stream, start_streams
 
 CLUSTER = "ltp"
@@ -154,13 +152,39 @@ def test_the_lambda_entry_point_reads_its_environment(
     assert desired_count(ecs) == 1
 
 
-def test_the_redis_auth_token_comes_from_its_secret(aws: None) -> None:
-    arn = boto3.client("secretsmanager", region_name="ap-south-1").create_secret(
-        Name="ltp/redis-auth", SecretString="s3cret-token\n"
-    )["ARN"]
-    settings = ScheduleSettings.from_env({"REDIS_AUTH_SECRET_ARN": arn})
-    secrets = SecretsCache(client=boto3.client("secretsmanager", region_name="ap-south-1"))
+@pytest.fixture
+def acl_user(redis_client: redis.Redis) -> Iterator[tuple[str, str]]:
+    """A password-protected Redis user (ElastiCache AUTH stand-in), removed afterwards."""
+    name, password = "ltp-schedule-test", "s3cret-token-from-secrets-manager"
+    try:
+        redis_client.acl_setuser(name, enabled=True, passwords=[f"+{password}"],
+                                 keys=["*"], channels=["*"], commands=["+@all"])  # fmt: skip
+    except redis.ResponseError as exc:
+        pytest.skip(f"this Redis has no ACL support: {exc}")
+    try:
+        yield name, password
+    finally:
+        redis_client.acl_deluser(name)
 
-    assert redis_password(settings, secrets=secrets) == "s3cret-token"
-    assert redis_password(ScheduleSettings.from_env({}), secrets=None) is None
-    assert redis_password(ScheduleSettings.from_env({"REDIS_AUTH_TOKEN": "t"}), secrets=None) == "t"
+
+def test_the_redis_auth_token_comes_from_its_secret(
+    ecs: boto3.client, redis_url: str, acl_user: tuple[str, str], redis_client: redis.Redis
+) -> None:
+    user, password = acl_user
+    url = redis_url.replace("redis://", f"redis://{user}@", 1)
+    secrets = boto3.client("secretsmanager", region_name="ap-south-1")
+    right = secrets.create_secret(Name="ltp/redis-auth", SecretString=password)["ARN"]
+    wrong = secrets.create_secret(Name="ltp/redis-auth-old", SecretString="rotated-away")["ARN"]
+    environ = {"REDIS_URL": url, "STREAMER_CLUSTER": CLUSTER, "STREAMER_SERVICE": SERVICE}
+
+    with pytest.raises(redis.AuthenticationError):
+        build_scheduler({**environ, "REDIS_AUTH_SECRET_ARN": wrong}).run(
+            {"action": "start", "scheduledTime": TRADING_DAY_0900}
+        )
+    assert desired_count(ecs) == 0
+
+    outcome = build_scheduler({**environ, "REDIS_AUTH_SECRET_ARN": right}).run(
+        {"action": "start", "scheduledTime": TRADING_DAY_0900}
+    )
+    assert outcome["result"]["streamer"] == "started"
+    assert desired_count(ecs) == 1
