@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-_ENTRY_NAMES = {"app", "handler", "router", "asgi_handler", "settings", "redis_client", "metrics"}
+_ENTRY_NAMES = {
+    "app", "handler", "lambda_router", "asgi_handler", "settings", "redis_client", "metrics",
+}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

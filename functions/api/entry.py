@@ -25,10 +25,10 @@ redis_client = connect_redis(settings, secrets=secrets)
 deps = ApiDeps.for_settings(settings, redis=redis_client, metrics=metrics, secrets=secrets)
 app = create_app(deps)
 asgi_handler = Mangum(app, lifespan="off")
-router = LambdaRouter(deps=deps, asgi=asgi_handler)
+lambda_router = LambdaRouter(deps=deps, asgi=asgi_handler)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return router(event, context)
+    return lambda_router(event, context)

@@ -31,11 +31,15 @@ _SEGMENTS = r"NSE_(?:EQ|FNO|CURRENCY)|BSE_(?:EQ|FNO|CURRENCY)|MCX_COMM|IDX_I"
 assert all(re.fullmatch(_SEGMENTS, s) for s in SEGMENT_CODES), "update _SEGMENTS"
 assert len(SEGMENT_CODES) == 8, "update _SEGMENTS"
 _KEY = rf"(?:{_SEGMENTS}):(?:0|[1-9][0-9]{{0,8}})"
-_CANONICAL_CSV = re.compile(rf"{_KEY}(?:,{_KEY})*")
+_CANONICAL_CSV = re.compile(rf"{_KEY}(?:,{_KEY})*+")
 
 
-def canonical_keys(items: Sequence[Any]) -> list[str]:
-    """Canonical keys in first-seen order; raises Unprocessable naming every bad key."""
+def canonical_keys(items: Sequence[Any], *, fold: bool = True) -> list[str]:
+    """Canonical keys in first-seen order; raises Unprocessable naming every bad key.
+
+    With `fold=False` already-canonical input is returned as given, duplicates included: the
+    price routes fold them for free in their answer's dict instead of paying a dict here.
+    """
     try:
         joined = ",".join(items)
     except TypeError:
@@ -45,16 +49,17 @@ def canonical_keys(items: Sequence[Any]) -> list[str]:
         and joined.count(",") == len(items) - 1
         and _CANONICAL_CSV.fullmatch(joined) is not None
     ):
-        return list(dict.fromkeys(items))
+        return list(dict.fromkeys(items)) if fold else list(items)
     try:
         return [str(key) for key in parse_keys(items)]
     except InvalidKeysError as exc:
         raise invalid_keys(exc.problems) from None
 
 
-def canonical_keys_from_csv(csv: str) -> list[str]:
+def canonical_keys_from_csv(csv: str, *, fold: bool = True) -> list[str]:
     if _CANONICAL_CSV.fullmatch(csv) is not None:
-        return list(dict.fromkeys(csv.split(",")))
+        keys = csv.split(",")
+        return list(dict.fromkeys(keys)) if fold else keys
     return canonical_keys(split_keys(csv))
 
 
@@ -81,7 +86,7 @@ def keys_from_query(raw_query: bytes, values: Sequence[str]) -> list[str]:
             details={"limit_bytes": MAX_QUERY_BYTES},
         )
     csv = values[0] if len(values) == 1 else ",".join(values)
-    keys = canonical_keys_from_csv(csv) if csv else []
+    keys = canonical_keys_from_csv(csv, fold=False) if csv else []
     if not keys:
         raise Unprocessable(
             "no instrument keys given: use ?keys=NSE_EQ:1333,NSE_EQ:11536",

@@ -35,7 +35,9 @@ def json_object(body: bytes, *, limit: int) -> dict[str, Any]:
     return document
 
 
-def key_list(document: dict[str, Any], *, limit: int, required: bool = True) -> list[str]:
+def key_list(
+    document: dict[str, Any], *, limit: int, required: bool = True, fold: bool = True
+) -> list[str]:
     raw = document.get("keys")
     if raw is None and not required:
         return []
@@ -45,15 +47,15 @@ def key_list(document: dict[str, Any], *, limit: int, required: bool = True) -> 
             code="missing_keys",
         )
     check_key_count(len(raw), limit=limit)
-    keys = canonical_keys(raw)
+    keys = canonical_keys(raw, fold=fold)
     if not keys and required:
         raise Unprocessable('field "keys" must name at least one instrument', code="missing_keys")
     return keys
 
 
 def prices_request(body: bytes) -> list[str]:
-    """`{"keys": [...]}` of POST /api/v1/current_prices."""
-    return key_list(json_object(body, limit=MAX_BODY_BYTES), limit=MAX_POST_KEYS)
+    """`{"keys": [...]}` of POST /api/v1/current_prices (duplicates left for the answer to fold)."""
+    return key_list(json_object(body, limit=MAX_BODY_BYTES), limit=MAX_POST_KEYS, fold=False)
 
 
 @dataclass(frozen=True, slots=True)

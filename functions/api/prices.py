@@ -43,25 +43,24 @@ _NAME_GLUE = "," + LTP_PREFIX
 
 
 def read_cache(deps: ApiDeps, keys: Sequence[str]) -> tuple[dict[str, float], list[str]]:
-    """Cached prices and the keys that missed (or held something that is not a price).
+    """Cached prices and the distinct keys that missed (or held something that is not a price).
 
-    The usual answer (every key cached, every value a finite number) is built with C-level
-    iteration only: one join/split for the names, one `dict(zip(map(float)))`.
+    `keys` may repeat; the answer folds them. The usual case (every key cached, every value a
+    finite number) is built with C-level iteration only: one join/split for the names, one
+    `dict(zip(map(float)))` (a miss makes `float(None)` raise and takes the slow path).
     """
     if not keys:
         return {}, []
     # Canonical keys never contain a comma, so a join and a split build all the names at once.
     names = (LTP_PREFIX + _NAME_GLUE.join(keys)).split(",")
     values = deps.redis.mget(names)
-    if None not in values:
-        present = cast(list[bytes | str], values)
-        try:
-            prices = dict(zip(keys, map(float, present), strict=True))
-        except (ValueError, TypeError):
-            pass
-        else:
-            if all(map(math.isfinite, prices.values())):
-                return prices, []
+    present = cast(list[bytes | str], values)
+    try:
+        prices = dict(zip(keys, map(float, present), strict=True))
+    except (ValueError, TypeError):
+        return _read_slowly(keys, values)
+    if all(map(math.isfinite, prices.values())):
+        return prices, []
     return _read_slowly(keys, values)
 
 
@@ -76,7 +75,7 @@ def _read_slowly(
             misses.append(key)
         else:
             prices[key] = price
-    return prices, misses
+    return prices, list(dict.fromkeys(misses))
 
 
 def prices_answer(
@@ -87,7 +86,9 @@ def prices_answer(
     fetched: FetchResult | None,
 ) -> Answer:
     record_metrics(deps, hits=len(cached), misses=len(misses), fetched=fetched)
-    return Answer(200, render(requested=len(keys), cached=cached, fetched=fetched), NO_STORE)
+    # Every distinct key is either cached or missed (`keys` itself may repeat).
+    requested = len(cached) + len(misses)
+    return Answer(200, render(requested=requested, cached=cached, fetched=fetched), NO_STORE)
 
 
 def fetch_missing(deps: ApiDeps, keys: Sequence[str]) -> FetchResult:

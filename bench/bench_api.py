@@ -1,0 +1,281 @@
+"""Benchmark of the HTTP API's hot path and cold start. A script that prints figures, not a test.
+
+1. The real Lambda entry point `functions.api.handler` (Powertools decorators + the Lambda
+   router, which answers the prices route from the event) invoked with HTTP API v2 events
+   (`tests/events/http_post_current_prices.json` with 100 / 1,000 / 5,000 keys, and the GET
+   event with 100 keys), every key cached in Redis, against raw
+   redis-py `MGET` of the same (pre-built) key names with an identically configured client, in
+   the same run, interleaved round by round so all see the same machine noise. For comparison
+   the same decorators around Mangum + FastAPI alone (the path every other route takes). Log
+   lines and EMF documents are written as in Lambda (stdout pointed at /dev/null while timing).
+   On a shared machine the process and its private redis-server raise their priority when
+   allowed (SCHED_FIFO for the few seconds of timing, else nice -20): a busy neighbour
+   otherwise delays the wake-up after a Redis reply by milliseconds, and more so for a process
+   that just used the CPU, which measures the neighbours rather than the code.
+2. Cold import in fresh interpreters: `pass`, `import functions.api` (the package: lazy),
+   `from functions.api import handler` (settings, Redis client, app, Mangum: what a Lambda init
+   does), with which heavy modules got imported.
+
+Usage: python bench/bench_api.py [--redis-url URL] [--rounds N]
+Without --redis-url a private redis-server is started so other work on the shared one does
+not disturb the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+EVENTS = ROOT / "tests" / "events"
+SIZES = (100, 1000, 5000)
+
+
+class Context:
+    function_name = "ltp-api"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:ap-south-1:123456789012:function:ltp-api"
+    aws_request_id = "bench"
+
+
+@contextlib.contextmanager
+def redis_for_bench(url: str | None) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    from local.redis_server import private_redis_server
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed; pass --redis-url redis://HOST:PORT/DB")
+    with private_redis_server(binary) as handle:
+        yield handle.url
+
+
+@contextlib.contextmanager
+def stdout_to_devnull() -> Iterator[None]:
+    """Keep the real writes (Lambda pays for them too) but not the scroll."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(devnull)
+        os.close(saved)
+
+
+def post_event(keys: list[str]) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((EVENTS / "http_post_current_prices.json").read_text())
+    body = json.dumps({"keys": keys})
+    event["body"] = body
+    event["headers"]["content-length"] = str(len(body))
+    return event
+
+
+def get_event(keys: list[str]) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((EVENTS / "http_get_current_prices.json").read_text())
+    event = copy.deepcopy(event)
+    event["rawQueryString"] = "keys=" + ",".join(keys)
+    event["queryStringParameters"] = {"keys": ",".join(keys)}
+    return event
+
+
+def keys_for(count: int) -> list[str]:
+    half = count // 2
+    return [f"NSE_EQ:{10_000 + i}" for i in range(half)] + [
+        f"NSE_FNO:{40_000 + i}" for i in range(count - half)
+    ]
+
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+def measure(
+    handlers: list[Handler], raw: Callable[[], Any], event: dict[str, Any], *, rounds: int,
+    expected: int,
+) -> tuple[list[list[float]], list[float]]:  # fmt: skip
+    for handler in handlers:
+        answer = handler(event, Context())
+        assert answer["statusCode"] == 200, answer
+        body = json.loads(answer["body"])
+        assert body["cached_count"] == expected and body["missing"] == {}, body["missing"]
+    for _ in range(max(10, rounds // 10)):  # warm-up of every path
+        for handler in handlers:
+            handler(event, Context())
+        raw()
+    handler_times: list[list[float]] = [[] for _ in handlers]
+    raw_times: list[float] = []
+    for _ in range(rounds):
+        for handler, times in zip(handlers, handler_times, strict=True):
+            started = time.perf_counter()
+            handler(event, Context())
+            times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        raw()
+        raw_times.append(time.perf_counter() - started)
+    return handler_times, raw_times
+
+
+def raise_priority(pid: int) -> str:
+    """Real-time FIFO priority when allowed (root), else nice -20, else nothing; says which."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(10))
+        return "SCHED_FIFO"
+    except (OSError, AttributeError):
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, -20)
+    except OSError:
+        return "unchanged (not allowed)"
+    return "nice -20"
+
+
+Row = tuple[str, float, float, float, float, float]
+
+
+def hot_path(redis_url: str, rounds: int, *, own_server: bool) -> list[Row]:
+    os.environ.update({
+        "REDIS_URL": redis_url,
+        "POWERTOOLS_METRICS_NAMESPACE": "LtpBench",
+        "POWERTOOLS_SERVICE_NAME": "ltp-api",
+    })  # fmt: skip
+    for name in ("DHAN_CLIENT_ID", "DHAN_ACCESS_TOKEN", "DHAN_SECRET_ARN", "STREAMER_CLUSTER"):
+        os.environ.pop(name, None)
+
+    from aws_lambda_powertools.logging import correlation_paths
+
+    from functions.api import asgi_handler, handler, metrics, redis_client, settings
+    from functions.api.deps import connect_redis
+    from functions.api.observability import logger
+
+    # The same Lambda decorators around Mangum + FastAPI alone: what the hot route would cost
+    # without the router's fast path (shown for comparison; `handler` is what Lambda runs).
+    decorate = logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+    framework = decorate(metrics.log_metrics(lambda event, context: asgi_handler(event, context)))
+
+    raw_client = connect_redis(settings)  # the same timeouts / retry / parser as the handler's
+    if own_server:
+        server_pid = int(raw_client.info("server")["process_id"])
+        print(f"priority: {raise_priority(0)} (bench), "
+              f"{raise_priority(server_pid)} (redis-server)")  # fmt: skip
+    redis_client.flushdb()
+    all_keys = keys_for(max(SIZES))
+    redis_client.mset({f"ltp:{key}": f"{1000 + i * 0.05:.2f}" for i, key in enumerate(all_keys)})
+
+    rows = []
+    cases = [("GET", 100)] + [("POST", size) for size in SIZES]
+    for method, size in cases:
+        keys = keys_for(size)
+        names = [f"ltp:{key}" for key in keys]
+        event = get_event(keys) if method == "GET" else post_event(keys)
+        n = rounds if size <= 1000 else max(30, rounds // 4)
+        with stdout_to_devnull():
+            (handler_times, framework_times), raw_times = measure(
+                [handler, framework], partial(raw_client.mget, names), event, rounds=n,
+                expected=size)  # fmt: skip
+        h, r = statistics.median(handler_times), statistics.median(raw_times)
+        f = statistics.median(framework_times)
+        h90 = statistics.quantiles(handler_times, n=10)[-1]
+        rows.append((f"{method} {size:,} keys", h * 1e3, h90 * 1e3, r * 1e3, h / r, f * 1e3))
+    redis_client.flushdb()
+    raw_client.close()
+    return rows
+
+
+def cold_imports(repeat: int) -> list[tuple[str, float, str]]:
+    # botocore's top-level package is imported by Powertools (user agent, 0.4 ms); its clients
+    # (botocore.client) come only with boto3.
+    probe = ("import sys; print(','.join(m for m in ('boto3', 'botocore.client', 'dhanhq', "
+             "'pandas', 'requests') if m in sys.modules))")  # fmt: skip
+    statements = [
+        ("python -c pass", "pass"),
+        ("import functions.api", "import functions.api"),
+        ("from functions.api import handler", "from functions.api import handler"),
+    ]
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:6379/0",
+           "POWERTOOLS_METRICS_NAMESPACE": "LtpBench"}  # fmt: skip
+    rows = []
+    for label, statement in statements:
+        times = []
+        loaded = ""
+        for _ in range(repeat):
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-c", f"{statement}; {probe}"], cwd=ROOT,
+                                  env=env, capture_output=True, text=True, check=True)  # fmt: skip
+            times.append(time.perf_counter() - started)
+            loaded = done.stdout.strip()
+        rows.append((label, statistics.median(times) * 1e3, loaded or "-"))
+    return rows
+
+
+def import_profile() -> list[tuple[str, float]]:
+    """The heaviest top-level imports of `from functions.api import handler` (-X importtime)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "from functions.api import handler"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+        env={**os.environ, "POWERTOOLS_METRICS_NAMESPACE": "LtpBench"},
+    )  # fmt: skip
+    top: list[tuple[str, float]] = []
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = (part.strip() for part in line[len("import time:"):].split("|"))
+        if cumulative.isdigit() and not name.startswith(" ") and "." not in name.strip():
+            top.append((name.strip(), int(cumulative) / 1000.0))
+    return sorted(top, key=lambda item: -item[1])[:8]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--import-repeat", type=int, default=7)
+    args = parser.parse_args()
+
+    with redis_for_bench(args.redis_url) as url:
+        rows = hot_path(url, args.rounds, own_server=args.redis_url is None)
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    print(f"Hot path: functions.api.handler vs raw redis-py MGET, all keys cached (median of "
+          f"{args.rounds} rounds; 5,000 keys: {max(30, args.rounds // 4)})")  # fmt: skip
+    print(f"{'request':<18}{'handler ms':>12}{'p90 ms':>9}{'raw MGET ms':>13}{'ratio':>8}"
+          f"{'via Mangum+FastAPI ms':>24}")  # fmt: skip
+    for label, h, h90, r, ratio, f in rows:
+        print(f"{label:<18}{h:>12.3f}{h90:>9.3f}{r:>13.3f}{ratio:>8.2f}{f:>24.3f}")
+    ratio_1000 = next(row[4] for row in rows if row[0] == "POST 1,000 keys")
+    verdict = "meets" if ratio_1000 <= 1.5 else "MISSES"
+    print(f"goal: handler <= 1.5x raw MGET at 1,000 keys -> {ratio_1000:.2f}x ({verdict})")
+
+    print()
+    print(f"Cold import in a fresh interpreter (median of {args.import_repeat} runs)")
+    imports = cold_imports(args.import_repeat)
+    baseline = imports[0][1]
+    for label, ms, loaded in imports:
+        extra = "" if label.startswith("python") else f"  (+{ms - baseline:.0f} ms over pass)"
+        print(f"{label:<36}{ms:>8.0f} ms{extra}  heavy modules loaded: {loaded}")
+    print("heaviest top-level imports of the entry (cumulative ms, -X importtime):")
+    print("  " + ", ".join(f"{name} {ms:.0f}" for name, ms in import_profile()))
+
+
+if __name__ == "__main__":
+    main()
