@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # What the Lambda functions import at run time (by distribution name, versions from pyproject).
 LAMBDA_DEPENDENCIES = (
     "redis",
+    "hiredis",  # redis-py's C reply parser, used when installed
     "orjson",
     "fastapi",
     "mangum",

@@ -86,8 +86,8 @@ def lambda_asset_dir(cloud_assembly: Path) -> Path:
 
 def test_the_lambda_asset_was_bundled_for_lambda_without_pandas(cloud_assembly: Path) -> None:
     asset = lambda_asset_dir(cloud_assembly)
-    for needed in ("dhanhq", "redis", "fastapi", "mangum", "aws_lambda_powertools", "orjson",
-                   "websockets", "requests", "core", "functions"):  # fmt: skip
+    for needed in ("dhanhq", "redis", "hiredis", "fastapi", "mangum", "aws_lambda_powertools",
+                   "orjson", "websockets", "requests", "core", "functions"):  # fmt: skip
         assert (asset / needed).is_dir(), needed
     assert (asset / "functions" / "schedule" / "nse_holidays.json").is_file()
     native = list((asset / "pydantic_core").glob("*.so"))
