@@ -31,7 +31,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from infra.bundling import REPO_ROOT, lambda_code
+from infra.bundling import REPO_ROOT, default_plan, lambda_code
 from infra.cache import Cache
 from infra.fanout import Fanout
 from infra.http_api import HttpApi
@@ -119,7 +119,7 @@ class LtpStack(Stack):
             removal_policy=RemovalPolicy.DESTROY,
         )
 
-        code = lambda_asset or lambda_code()
+        code = lambda_asset or lambda_code(default_plan(repo_root))
         self.lambda_security_group = ec2.SecurityGroup(
             self,
             "LambdaSecurityGroup",
