@@ -9,17 +9,34 @@ restarts and a consumer can drop a late, older value.
 
 Keys are held as one int, `segment << 32 | security_id` (cheap to hash), and only turned into
 strings once per key per drain.
+
+`add_frame` takes a whole binary frame (the feed reader's hot path): it applies the frame's
+price packets straight from the bytes (segment, id, LTP and LTT only), skipping the decoder's
+full packet tuples; from the first packet it does not handle that way (another code, a short or
+malformed one) the frame goes through `decoder.decode_frame` and `add_packets` instead, so the
+result, errors included, is what decoding the whole frame would give.
 """
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from core.instruments import SEGMENT_NAMES
 from core.messages import Update
-from streamer.decoder import Full, Packet, Quote, Ticker
+from streamer.decoder import (
+    FULL,
+    PACKET_SIZES,
+    QUOTE,
+    TICKER,
+    Full,
+    Packet,
+    Quote,
+    Ticker,
+    decode_frame,
+)
 
 
 def wall_clock_us() -> int:
@@ -28,6 +45,18 @@ def wall_clock_us() -> int:
 
 # (key, segment, security id, symbol or None) per int key; None marks an unknown segment.
 _Names = tuple[str, str, str, str | None]
+
+# The head of each price packet as far as its LTT (see the decoder's layouts): code, length,
+# segment, security id, LTP, then the LTT (after the 2-byte LTQ in quote and full packets).
+_HEAD = struct.Struct("<BHBIfI").unpack_from
+_HEAD_WITH_LTQ = struct.Struct("<BHBIfxxI").unpack_from
+_PRICE_HEADS: dict[int, Callable[[bytes, int], tuple[Any, ...]]] = {
+    TICKER: _HEAD, QUOTE: _HEAD_WITH_LTQ, FULL: _HEAD_WITH_LTQ,
+}  # fmt: skip
+# Indexed by the code byte: the unpacker (None: not a price packet) and the smallest length
+# the decoder accepts for that code (the struct above always fits inside it).
+_HEAD_BY_CODE = tuple(_PRICE_HEADS.get(code) for code in range(256))
+_MIN_LENGTH = tuple(PACKET_SIZES[code] if code in _PRICE_HEADS else 0 for code in range(256))
 
 
 class Coalescer:
@@ -102,6 +131,43 @@ class Coalescer:
         if stale:
             self.stale += stale
         return others
+
+    def add_frame(self, data: bytes) -> tuple[int, str | None, list[Packet] | None]:
+        """Every packet of one binary frame: (packets decoded, the decoder's error, the
+        packets that are not prices or None), as `decode_frame` + `add_packets` would give.
+        """
+        pending = self._ltp
+        accepted = self._ltt
+        last = accepted.get
+        heads = _HEAD_BY_CODE
+        min_length = _MIN_LENGTH
+        end = len(data)
+        offset = count = stale = 0
+        while offset < end:
+            code = data[offset]
+            head = heads[code]
+            if head is None or end - offset < min_length[code]:
+                break  # not a price packet, or too short to be a whole one
+            _code, length, segment, security_id, ltp, ltt = head(data, offset)
+            if length < min_length[code] or offset + length > end:
+                break  # a length the decoder rejects
+            offset += length
+            count += 1
+            key = (segment << 32) | security_id
+            if ltt < last(key, 0):
+                stale += 1
+                continue
+            accepted[key] = ltt
+            pending[key] = ltp
+        self.ticks += count
+        if stale:
+            self.stale += stale
+        if offset == end:
+            return count, None, None
+        # The decoder's first `count` packets are the price packets applied above.
+        decoded = decode_frame(data)
+        rest = decoded.packets[count:] if count else decoded.packets
+        return len(decoded.packets), decoded.error, self.add_packets(rest)
 
     def _describe(self, key: int) -> _Names | None:
         segment = SEGMENT_NAMES.get(key >> 32)

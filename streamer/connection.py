@@ -7,11 +7,12 @@ a `Failure` (disconnect packet, refused handshake, closed socket, silence, netwo
 verdict stops the connection (fatal codes: the error goes to the log and the heartbeat),
 re-reads the token (807), or waits a jittered backoff (longer after 805/429) and reconnects.
 
-Three tasks per session: the reader (the hot path: decode_frame + coalescer.add_packets, no
-logging or awaiting per tick), a sender that reconciles "keys this connection should carry"
-with "keys subscribed on the wire" (so live changes and resubscribe-after-reconnect are the
-same code), and a watchdog that treats a connection silent for `silence_timeout` while the
-market is open as dead (sockets can stay "connected" and mute after a token rollover).
+Three tasks per session: the reader (the hot path: each binary frame straight into
+coalescer.add_frame, no logging or awaiting per tick), a sender that reconciles "keys this
+connection should carry" with "keys subscribed on the wire" (so live changes and
+resubscribe-after-reconnect are the same code), and a watchdog that treats a connection silent
+for `silence_timeout` while the market is open as dead (sockets can stay "connected" and mute
+after a token rollover).
 The token never reaches a log: URLs are masked.
 """
 
@@ -39,7 +40,7 @@ from websockets.exceptions import (
 from core.instruments import InstrumentKey
 from streamer.backoff import Backoff
 from streamer.coalescer import Coalescer
-from streamer.decoder import Disconnect, Packet, decode_frame
+from streamer.decoder import Disconnect, Packet
 from streamer.failures import Action, Failure, Kind, Verdict, classify
 from streamer.planner import diff, disconnect_request, encode, request_messages
 from streamer.settings import Credentials, CredentialSource
@@ -304,8 +305,7 @@ class FeedConnection:
         return self._session_failure or failure, healthy_for
 
     async def _read(self, ws: ClientConnection) -> Failure:
-        decode = decode_frame
-        add_packets = self._coalescer.add_packets
+        add_frame = self._coalescer.add_frame
         clock = self._clock
         frames = self.frames
         packets = self.packets
@@ -317,12 +317,11 @@ class FeedConnection:
                 frames += 1
                 self.frames = frames
                 self.last_frame_at = clock()
-                decoded = decode(message)
-                packets += len(decoded.packets)
+                count, error, others = add_frame(message)
+                packets += count
                 self.packets = packets
-                if decoded.error is not None:
-                    self._on_decode_error(decoded.error)
-                others = add_packets(decoded.packets)
+                if error is not None:
+                    self._on_decode_error(error)
                 if others is not None:
                     failure = self._on_other_packets(others)
                     if failure is not None:

@@ -1,19 +1,27 @@
 from __future__ import annotations
 
 import itertools
+import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from local.dhan_sim import packets
 from streamer.coalescer import Coalescer
 from streamer.decoder import (
+    FULL,
+    PACKET_SIZES,
+    QUOTE,
+    TICKER,
     DepthLevel,
     Disconnect,
     Full,
     OpenInterest,
+    Packet,
     PrevClose,
     Quote,
     Ticker,
+    decode_frame,
 )
 
 
@@ -131,3 +139,49 @@ def test_drain_equals_a_simple_model(ticks: list[tuple[int, int, float]]) -> Non
             model[key] = (ltp, ltt)
     got = {u["key"]: (u["ltp"], u["ltt"]) for u in c.drain()}
     assert got == {k: (round(v[0], 2), v[1]) for k, v in model.items()}
+
+
+# -- add_frame: the reader's fast path gives what decode_frame + add_packets give ------------
+
+def _price_packet(code: int, segment: int, sid: int, ltp: float, ltt: int, extra: int) -> bytes:
+    size = PACKET_SIZES[code] + extra  # a longer packet is read by its documented prefix
+    head = struct.pack("<BHBIf", code, size, segment, sid, ltp)
+    if code == TICKER:
+        return head + struct.pack("<I", ltt) + b"\x00" * (size - 16)
+    return head + struct.pack("<HI", 7, ltt) + b"\x00" * (size - 18)
+
+
+_price_packets = st.builds(
+    _price_packet, st.sampled_from((TICKER, QUOTE, FULL)), st.sampled_from((1, 2, 9)),
+    st.integers(0, 3), st.floats(0.25, 1e5, width=32), st.integers(0, 5),
+    st.sampled_from((0, 0, 0, 3)),
+)
+_frame_parts = st.one_of(
+    _price_packets,
+    # a price packet whose length field is too short for its code (the body still follows)
+    st.builds(lambda p, n: p[:1] + struct.pack("<H", n) + p[3:], _price_packets,
+              st.integers(8, 15)),
+    st.builds(lambda sid: packets.prev_close(1, sid, 10.0, 0), st.integers(0, 3)),
+    st.builds(lambda sid: packets.open_interest(2, sid, 5), st.integers(0, 3)),
+    st.just(packets.market_status()),
+    st.just(packets.disconnect(805)),
+    st.just(packets.raw(99, 1, 1, b"abc")),  # an unknown code: skipped by its length
+    st.binary(max_size=20),  # garbage: short or bad lengths
+)
+
+
+def _slow_path(c: Coalescer, frame: bytes) -> tuple[int, str | None, list[Packet] | None]:
+    decoded = decode_frame(frame)
+    return len(decoded.packets), decoded.error, c.add_packets(decoded.packets)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_frame_parts, min_size=1, max_size=6), min_size=1, max_size=8))
+def test_add_frame_equals_decoding_the_whole_frame(frames: list[list[bytes]]) -> None:
+    fast = Coalescer(clock_us=counting_clock().__next__)
+    slow = Coalescer(clock_us=counting_clock().__next__)
+    for parts in frames:
+        frame = b"".join(parts)
+        assert fast.add_frame(frame) == _slow_path(slow, frame)
+    assert (fast.ticks, fast.stale) == (slow.ticks, slow.stale)
+    assert fast.drain() == slow.drain()
