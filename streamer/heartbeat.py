@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from core.messages import dumps, utc_now_iso
 from core.names import HEARTBEAT_KEY, HEARTBEAT_TTL_SECONDS
+from streamer.aio import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -113,4 +114,5 @@ class Heartbeat:
     async def run(self) -> None:
         while True:
             await self.beat()
+            raise_if_cancelled()
             await asyncio.sleep(self.interval)

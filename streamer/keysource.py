@@ -26,6 +26,7 @@ from core.errors import InvalidKeyError
 from core.instruments import InstrumentKey, parse_key
 from core.messages import loads
 from core.names import CONTROL_CHANNEL, INSTRUMENT_SYMBOLS_KEY, STREAM_PATTERN
+from streamer.aio import raise_if_cancelled
 from streamer.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,9 @@ class KeySource:
                             ):
                                 pass
                         await self._refresh()
+                        raise_if_cancelled()
             except (RedisError, OSError) as exc:
+                raise_if_cancelled()
                 self.errors += 1
                 delay = self._backoff.next_delay()
                 log.warning("stream registry unreachable (%s); keeping %d keys, retry in %.1fs",

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.names import STREAMER_LEASE_KEY
+from streamer.aio import raise_if_cancelled
 from streamer.errors import LeaseLostError
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Lease:
                                 self.key, holder)
                     said = holder
             except RedisError as exc:
+                raise_if_cancelled()
                 log.warning("cannot reach Redis for the lease (%s); retrying", exc)
             try:
                 await asyncio.wait_for(stop.wait(), self.interval)
@@ -102,6 +104,7 @@ class Lease:
                     holder = await self.holder()
                     raise LeaseLostError(f"lease {self.key} now held by {holder}")
             except RedisError as exc:
+                raise_if_cancelled()
                 log.warning("lease renewal failed (%s); will retry", exc)
 
     async def release(self) -> bool:

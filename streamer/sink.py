@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from core.messages import Update, batch_update, dumps, format_price
 from core.names import LIVE_LTP_CHANNEL, LTP_PREFIX, LTP_TTL_SECONDS
+from streamer.aio import raise_if_cancelled
 from streamer.backoff import Backoff
 from streamer.coalescer import Coalescer
 from streamer.errors import SinkError
@@ -99,6 +100,7 @@ class RedisSink:
         while True:
             if self._clock() >= self._retry_at:
                 await self.flush()
+            raise_if_cancelled()
             await sleep(self.interval)
 
     async def flush(self) -> bool:

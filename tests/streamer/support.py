@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 
@@ -17,7 +18,7 @@ class CuttableProxy:
         self._target = (parsed.hostname or "127.0.0.1", parsed.port or 6379)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.port = 0
 
     @property
@@ -34,12 +35,23 @@ class CuttableProxy:
         return self
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)  # a cut during the upstream connect must reach it too
+        server = self._server
+        me = asyncio.current_task()
+        assert me is not None
+        self._tasks.add(me)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
             writer.close()
             return
-        self._writers |= {writer, up_writer}
+        finally:
+            self._tasks.discard(me)
+        if self._server is not server or writer not in self._writers:
+            writer.transport.abort()
+            up_writer.transport.abort()
+            return
+        self._writers.add(up_writer)
         pumps = [asyncio.create_task(self._pump(reader, up_writer)),
                  asyncio.create_task(self._pump(up_reader, writer))]
         self._tasks.update(pumps)
@@ -75,3 +87,12 @@ class CuttableProxy:
 
     async def close(self) -> None:
         await self.cut()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """One cancel must end a loop (a lost cancellation fails here instead of hanging)."""
+    task.cancel()
+    async with asyncio.timeout(5):
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert task.cancelled()

@@ -12,6 +12,7 @@ from redis.backoff import NoBackoff
 from core.messages import loads
 from core.names import HEARTBEAT_KEY
 from streamer.heartbeat import Heartbeat, Snapshot
+from tests.streamer.support import cancel_and_wait
 
 
 def snapshot(ticks: int) -> Snapshot:
@@ -54,9 +55,7 @@ async def test_run_refreshes(aredis: aioredis.Redis, redis_client: redis.Redis) 
             while (raw := redis_client.get(HEARTBEAT_KEY)) is None or loads(raw)["ticks"] < 3:
                 await asyncio.sleep(0.01)
     finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def test_redis_errors_are_counted_not_raised() -> None:

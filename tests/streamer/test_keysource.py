@@ -15,7 +15,7 @@ from core.instruments import InstrumentKey
 from core.names import CONTROL_CHANNEL, INSTRUMENT_SYMBOLS_KEY, stream_key
 from streamer.backoff import Backoff
 from streamer.keysource import DesiredKeys, KeySource
-from tests.streamer.support import CuttableProxy
+from tests.streamer.support import CuttableProxy, cancel_and_wait
 
 K = InstrumentKey
 
@@ -75,9 +75,7 @@ async def test_follows_the_control_channel_and_the_periodic_refresh(
         register(redis_client, "quiet", ["NSE_EQ:3"])
         await wait_for(lambda: K("NSE_EQ", "3") in seen[-1].keys)
     finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 @pytest.fixture
@@ -111,6 +109,4 @@ async def test_keeps_the_last_keys_while_redis_is_down(
         await proxy.restore()
         await wait_for(lambda: seen[-1].keys == (K("NSE_EQ", "5"), K("NSE_EQ", "6")))
     finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from core.names import STREAMER_LEASE_KEY
 from streamer.errors import LeaseLostError
 from streamer.lease import Lease
+from tests.streamer.support import cancel_and_wait
 
 
 async def test_one_owner_at_a_time(aredis: aioredis.Redis, redis_client: redis.Redis) -> None:
@@ -46,20 +47,18 @@ async def test_the_second_instance_waits_and_says_so_then_takes_over(
 async def test_renewal_keeps_the_lease_and_a_waiter_can_be_stopped(
     aredis: aioredis.Redis, redis_client: redis.Redis
 ) -> None:
-    owner = Lease(redis=aredis, owner="a", ttl=0.3)
+    owner = Lease(redis=aredis, owner="a", ttl=0.9)
     assert await owner.try_acquire()
     keeper = asyncio.create_task(owner.keep())
-    other = Lease(redis=aredis, owner="b", ttl=0.3)
+    other = Lease(redis=aredis, owner="b", ttl=0.9)
     stop = asyncio.Event()
     waiter = asyncio.create_task(other.acquire(stop))
-    await asyncio.sleep(0.8)  # several TTLs: only renewals keep it
+    await asyncio.sleep(1.5)  # past the TTL: only renewals (every 0.3 s) keep it
     assert redis_client.get(STREAMER_LEASE_KEY) == b"a"
     stop.set()
     async with asyncio.timeout(5):
         assert not await waiter
-    keeper.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await keeper
+    await cancel_and_wait(keeper)
 
 
 async def test_losing_the_lease_is_an_error(aredis: aioredis.Redis,

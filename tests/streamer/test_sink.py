@@ -15,7 +15,7 @@ from core.names import LIVE_LTP_CHANNEL
 from streamer.backoff import Backoff
 from streamer.coalescer import Coalescer
 from streamer.sink import RedisSink
-from tests.streamer.support import CuttableProxy
+from tests.streamer.support import CuttableProxy, cancel_and_wait
 
 
 def fast_backoff() -> Backoff:
@@ -142,7 +142,5 @@ async def test_run_loop_flushes_and_recovers(
             while redis_client.get("ltp:NSE_EQ:7") != b"70.0" or not sink.healthy:
                 await asyncio.sleep(0.005)
     finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
     assert sink.buffered == 0
