@@ -1,8 +1,9 @@
-"""Shared fixtures: a real Redis (reachable, else private, else embedded), isolated per test."""
+"""Shared fixtures: a real Redis (private, else reachable, else embedded), isolated per test."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlparse, urlunparse
 
@@ -10,7 +11,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from local.redis_server import RedisHandle, redis_for_local_use
+from local.redis_server import RedisHandle, private_redis_server, redis_for_local_use
 
 # Tests own one logical database and flush it around each test; the default 0 stays untouched.
 TEST_DB = int(os.environ.get("LTP_TEST_REDIS_DB", "13"))
@@ -18,8 +19,20 @@ TEST_DB = int(os.environ.get("LTP_TEST_REDIS_DB", "13"))
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisHandle]:
-    with redis_for_local_use(os.environ.get("REDIS_URL") or None) as handle:
-        yield handle
+    """A private redis-server per test session when one is installed.
+
+    Pub/Sub channels are shared by every logical database, so a developer's running stack (or
+    a second test run) on the same server would cross-talk with these tests; a private server
+    isolates them. `LTP_TEST_REDIS_URL` points the tests at a given server instead.
+    """
+    explicit = os.environ.get("LTP_TEST_REDIS_URL")
+    binary = shutil.which("redis-server")
+    if explicit or not binary:
+        with redis_for_local_use(explicit or None) as handle:
+            yield handle
+    else:
+        with private_redis_server(binary) as handle:
+            yield handle
 
 
 @pytest.fixture(scope="session")
