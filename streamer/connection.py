@@ -190,8 +190,7 @@ class FeedConnection:
             await ws.close()
 
     def status(self) -> dict[str, Any]:
-        now = self._clock()
-        up = self.state is State.CONNECTED and self.connected_at is not None
+        since = self.connected_at if self.state is State.CONNECTED else None
         return {
             "index": self.index,
             "state": self.state.value,
@@ -201,8 +200,7 @@ class FeedConnection:
             "packets": self.packets,
             "reconnects": self.reconnects,
             "last_error": self.last_error,
-            "connected_for_s": round(now - self.connected_at, 1) if up and self.connected_at
-            else None,
+            "connected_for_s": None if since is None else round(self._clock() - since, 1),
         }
 
     # -- the reconnect loop ----------------------------------------------------------------
