@@ -21,7 +21,7 @@ class Backoff:
         *,
         base: float = 1.0,
         cap: float = 60.0,
-        long_floor: float = 10.0,
+        long_floor: float = 5.0,
         healthy_after: float = 60.0,
         rng: Callable[[], float] = random.random,
     ) -> None:

@@ -20,7 +20,7 @@
 | STREAMER_MAX_CONNECTIONS        | 5                         | feed connections (Dhan: <= 5)    |
 | STREAMER_PER_CONNECTION         | 5000                      | instruments each (Dhan: <= 5000) |
 | STREAMER_BACKOFF_BASE_S / _MAX_S| 1 / 60                    | reconnect backoff (full jitter)  |
-| STREAMER_BACKOFF_LONG_S         | 10                        | extra floor after 805 / 429      |
+| STREAMER_BACKOFF_LONG_S         | 5                         | extra floor after 805 / 429      |
 | STREAMER_HEALTHY_AFTER_S        | 60                        | up this long resets the backoff  |
 | STREAMER_HEARTBEAT_S            | 10                        | heartbeat refresh (TTL 60)       |
 | STREAMER_LEASE_TTL_S            | 15                        | single-writer lease lifetime     |
@@ -159,7 +159,7 @@ class Settings:
     per_connection: int = MAX_PER_CONNECTION
     backoff_base: float = 1.0
     backoff_max: float = 60.0
-    backoff_long: float = 10.0
+    backoff_long: float = 5.0
     healthy_after: float = 60.0
     heartbeat_interval: float = 10.0
     lease_ttl: float = 15.0
@@ -235,7 +235,7 @@ def load_settings(
         per_connection=per_connection,
         backoff_base=env.number("STREAMER_BACKOFF_BASE_S", 1, minimum=0),
         backoff_max=env.number("STREAMER_BACKOFF_MAX_S", 60, minimum=0),
-        backoff_long=env.number("STREAMER_BACKOFF_LONG_S", 10, minimum=0),
+        backoff_long=env.number("STREAMER_BACKOFF_LONG_S", 5, minimum=0),
         healthy_after=env.number("STREAMER_HEALTHY_AFTER_S", 60, minimum=0),
         heartbeat_interval=heartbeat,
         lease_ttl=env.number("STREAMER_LEASE_TTL_S", 15, minimum=0.1),
