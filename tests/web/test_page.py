@@ -221,3 +221,56 @@ def test_the_default_watchlist_matches_the_shipped_sample() -> None:
         sample = [(str(i.key), i.symbol) for i in parse_scrip_master(lines)]
     shipped = json.loads((WEB_DIR / "watchlist.json").read_text())
     assert [(i["key"], i["symbol"]) for i in shipped["instruments"]] == sample
+
+
+def test_price_rules_and_message_shapes_in_the_page_modules(page: Any, stub: StubServer) -> None:
+    page.goto(stub.url + "/")
+    result = page.evaluate(
+        """async () => {
+        const { PriceBook, valuesOf, BASELINE_PREV_CLOSE } = await import('./js/prices.js');
+        const { backoffDelay } = await import('./js/feed.js');
+        const book = new PriceBook([{ key: 'NSE_EQ:1', symbol: 'A' }, { key: 'NSE_EQ:2' }]);
+        const out = {};
+        out.first = book.apply('NSE_EQ:1', { ltp: 100, version: 5 }, 1000).change;
+        out.older = book.apply('NSE_EQ:1', { ltp: 90, version: 4 }, 1001);
+        out.same = book.apply('NSE_EQ:1', { ltp: 100, version: 5 }, 1002);
+        const up = book.apply('NSE_EQ:1', { ltp: '101.5', version: 6, symbol: 'AA' }, 1003);
+        out.up = [up.ltp, up.direction, up.change, up.symbol];
+        out.unversioned = book.apply('NSE_EQ:1', { ltp: 99 }, 1004).direction;
+        out.bad = [book.apply('NSE_EQ:1', { ltp: 'x' }, 1), book.apply('NSE_EQ:9', { ltp: 1 }, 1),
+                   book.apply('NSE_EQ:1', { ltp: -1 }, 1), book.apply('NSE_EQ:1', null, 1)];
+        const pc = book.apply('NSE_EQ:2', { ltp: 110, prev_close: 100 }, 1005);
+        out.prevClose = [pc.change, pc.changePct, pc.baselineKind === BASELINE_PREV_CLOSE];
+        out.unpriced = new PriceBook([{ key: 'NSE_EQ:3' }]).unpriced();
+        out.newest = book.newestAt;
+        out.shapes = [
+          valuesOf({ type: 'snapshot', prices: { 'NSE_EQ:1': { ltp: 1, version: 2 },
+                                                 'NSE_EQ:2': null }, missing: ['NSE_EQ:2'] }),
+          valuesOf({ prices: { 'NSE_EQ:1': 3.5 }, prev_close: { 'NSE_EQ:1': 3 } }),
+          valuesOf({ type: 'screener_ltp_update', segment: 'NSE_EQ', security_id: '7', ltp: 2 }),
+          valuesOf({ type: 'screener_ltp_batch_update',
+                     updates: [{ key: 'IDX_I:13', ltp: 1, version: 1 }, 7] }),
+        ].map(pairs => pairs.map(([key]) => key));
+        out.prevCloseFromApi = valuesOf({ prices: { 'NSE_EQ:1': 3.5 },
+                                          prev_close: { 'NSE_EQ:1': 3 } })[0][1].prev_close;
+        const delays = [];
+        for (const attempt of [0, 1, 5, 30]) {
+          delays.push([backoffDelay(attempt, 500, 15000, () => 0),
+                       backoffDelay(attempt, 500, 15000, () => 0.999999)]);
+        }
+        out.delays = delays.map(([low, high]) => [Math.round(low), Math.round(high)]);
+        return out;
+      }"""
+    )
+    assert result["first"] == 0
+    assert result["older"] is None and result["same"] is None
+    assert result["up"] == [101.5, 1, 1.5, "AA"]
+    assert result["unversioned"] == -1
+    assert result["bad"] == [None, None, None, None]
+    assert result["prevClose"] == [10, 10, True]
+    assert result["unpriced"] == ["NSE_EQ:3"]
+    assert result["newest"] == 1005
+    assert result["shapes"] == [["NSE_EQ:1"], ["NSE_EQ:1"], ["NSE_EQ:7"], ["IDX_I:13"]]
+    assert result["prevCloseFromApi"] == 3
+    # Equal jitter: half the ceiling at least, never above it, the ceiling capped at 15 s.
+    assert result["delays"] == [[250, 500], [500, 1000], [7500, 15000], [7500, 15000]]
