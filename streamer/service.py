@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -56,7 +57,7 @@ class Streamer:
         credentials: CredentialSource,
         on_credentials: Callable[[Credentials], None] | None = None,
         now: Callable[[], datetime] = utc_now,
-        backoff_rng: Callable[[], float] | None = None,
+        backoff_rng: Callable[[], float] = random.random,
     ) -> None:
         self.settings = s = settings
         self._redis = redis
@@ -130,8 +131,7 @@ class Streamer:
     def _new_connection(self, index: int) -> FeedConnection:
         s = self.settings
         backoff = Backoff(base=s.backoff_base, cap=s.backoff_max, long_floor=s.backoff_long,
-                          healthy_after=s.healthy_after,
-                          **({"rng": self._backoff_rng} if self._backoff_rng else {}))
+                          healthy_after=s.healthy_after, rng=self._backoff_rng)
         return FeedConnection(
             index=index, feed_url=s.feed_url, mode=s.mode, tokens=self.tokens,
             coalescer=self.coalescer, backoff=backoff, silence_timeout=s.silence_timeout,
@@ -255,8 +255,8 @@ class Streamer:
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel and wait, re-cancelling: a library can swallow one cancellation (an inner
-    `asyncio.timeout` expiring at the same moment does so on Python 3.11)."""
+    """Cancel and wait, cancelling again if needed: our loops guard against redis-py losing a
+    cancellation (streamer.aio), but shutdown must not depend on every library doing so."""
     pending = {t for t in tasks if not t.done()}
     while pending:
         for task in pending:
