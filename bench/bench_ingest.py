@@ -319,7 +319,8 @@ def describe(path: str, ppf: int, r: dict[str, Any], instruments: int) -> str:
             f"in {r['seconds']:.2f}s = {r['rate']:>11,.0f} ticks/s  "
             f"cpu={1e6 * r['cpu'] / max(1, r['delivered']):.2f}us/tick  "
             f"redis={r['redis_cpu']:.2f}s sim={r['sim_cpu']:.2f}s"
-            + (f"  keys={r['keys_with_price']}/{instruments}" if "keys_with_price" in r else "")
+            + (f"  keys={r['keys_with_price']}/{instruments} ttl={r['ttl_min']}..{r['ttl_max']}s"
+               if "keys_with_price" in r else "")
             + extra)  # fmt: skip
 
 
