@@ -263,6 +263,7 @@ class RelayBridge:
                     await self.resync()
                     self.subscribed.set()
                     while True:
+                        _raise_if_cancelling()
                         message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                            timeout=1.0)
                         if message is not None and message.get("type") == "message":
@@ -275,6 +276,7 @@ class RelayBridge:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: report, back off, resubscribe
+                _raise_if_cancelling()
                 self.subscribed.clear()
                 self.stats.reader_errors += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -342,6 +344,7 @@ class RelayBridge:
     async def _window_forever(self) -> None:
         deadline = time.monotonic() + self.window
         while True:
+            _raise_if_cancelling()
             await asyncio.sleep(max(0.0, deadline - time.monotonic()))
             closing = time.monotonic()
             try:
@@ -349,6 +352,7 @@ class RelayBridge:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed window must not end the bridge
+                _raise_if_cancelling()
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("bridge window failed")
             # Windows are measured from their start, so a slow close does not add drift.
@@ -434,6 +438,15 @@ class RelayBridge:
         stats.pop("history")
         return {"time": time.time() if now is None else now,
                 "subscribed": self.subscribed.is_set(), **stats}
+
+
+def _raise_if_cancelling() -> None:
+    """Honour a cancel that a client library swallowed or turned into another error (seen:
+    the windower kept looping after `cancel()` while inside a Redis call). Checked at the top
+    of every loop and in catch-all handlers, or shutdown waits forever for a looping task."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _text(value: bytes | str) -> str:
