@@ -16,12 +16,18 @@ Document (the health route and operators read it):
                      the text of a fatal feed error (806/808/809/810), null when none
   redis_buffer       keys waiting for Redis (non-zero only while Redis is failing)
   rejected_keys      how many desired keys did not fit in 5 x 5,000; rejected_sample: some
+
+Each beat that reaches Redis also prints one CloudWatch EMF line on stdout (namespace
+`LtpStream`, dimension `service=streamer`): `Heartbeats` (1), `Ticks` (since the previous beat)
+and `LastTickAgeSeconds`. The stale-heartbeat alarm watches `Heartbeats`, so a beat that could
+not be written to Redis is deliberately not counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +43,38 @@ from streamer.aio import raise_if_cancelled
 log = logging.getLogger(__name__)
 
 REJECTED_SAMPLE = 20
+METRICS_NAMESPACE = "LtpStream"
+METRICS_DIMENSIONS = {"service": "streamer"}
+
+
+def emf_line(document: dict[str, Any], *, ticks: int, timestamp_ms: int) -> bytes:
+    """One CloudWatch Embedded Metric Format record for a beat."""
+    metrics: dict[str, Any] = {"Heartbeats": 1, "Ticks": ticks}
+    definitions = [{"Name": "Heartbeats", "Unit": "Count"}, {"Name": "Ticks", "Unit": "Count"}]
+    age = document.get("last_tick_age_s")
+    if age is not None:
+        metrics["LastTickAgeSeconds"] = age
+        definitions.append({"Name": "LastTickAgeSeconds", "Unit": "Seconds"})
+    record = {
+        "_aws": {
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": METRICS_NAMESPACE,
+                "Dimensions": [list(METRICS_DIMENSIONS)],
+                "Metrics": definitions,
+            }],
+        },
+        **METRICS_DIMENSIONS,
+        **metrics,
+        "instance_id": document.get("instance_id"),
+        "state": document.get("state"),
+    }
+    return dumps(record) + b"\n"
+
+
+def emf_to_stdout(line: bytes) -> None:
+    sys.stdout.buffer.write(line)
+    sys.stdout.flush()
 
 
 @dataclass(slots=True)
@@ -65,6 +103,7 @@ class Heartbeat:
         ttl: int = HEARTBEAT_TTL_SECONDS,
         key: str = HEARTBEAT_KEY,
         clock: Callable[[], float] = time.monotonic,
+        emit: Callable[[bytes], None] = emf_to_stdout,
     ) -> None:
         if interval > ttl / 2:
             raise ValueError("the heartbeat must be refreshed at least twice per TTL")
@@ -75,6 +114,8 @@ class Heartbeat:
         self.key = key
         self._clock = clock
         self._last: tuple[float, int] | None = None
+        self._emit = emit
+        self._emitted_ticks = 0
         self.failures = 0
 
     def document(self, snapshot: Snapshot) -> dict[str, Any]:
@@ -109,6 +150,9 @@ class Heartbeat:
             self.failures += 1
             log.warning("heartbeat not written (%s)", exc)
             return False
+        ticks = max(document["ticks"] - self._emitted_ticks, 0)
+        self._emitted_ticks = document["ticks"]
+        self._emit(emf_line(document, ticks=ticks, timestamp_ms=int(time.time() * 1000)))
         return True
 
     async def run(self) -> None:

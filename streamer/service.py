@@ -31,7 +31,7 @@ from streamer.backoff import Backoff
 from streamer.coalescer import Coalescer
 from streamer.connection import FeedConnection, TokenKeeper
 from streamer.errors import LeaseLostError
-from streamer.heartbeat import Heartbeat, Snapshot
+from streamer.heartbeat import Heartbeat, Snapshot, emf_to_stdout
 from streamer.keysource import DesiredKeys, KeySource
 from streamer.lease import Lease
 from streamer.planner import EMPTY_ASSIGNMENT, Assignment, assign
@@ -71,7 +71,8 @@ class Streamer:
         self.keysource = KeySource(redis=redis, on_change=self.apply, static_keys=s.keys,
                                    refresh=s.keys_refresh)
         self.heartbeat = Heartbeat(redis=redis, snapshot=self.snapshot,
-                                   interval=s.heartbeat_interval)
+                                   interval=s.heartbeat_interval,
+                                   emit=emf_to_stdout if s.emit_metrics else _discard)
         self.connections: dict[int, FeedConnection] = {}
         self._connection_tasks: dict[int, asyncio.Task[None]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
@@ -252,6 +253,10 @@ class Streamer:
         while (left := (deadline - self._now()).total_seconds()) > 0:
             await asyncio.sleep(min(left, 60.0))  # re-check: the wall clock may jump
         self.request_stop("market closed")
+
+
+def _discard(_line: bytes) -> None:
+    """Where EMF lines go when no CloudWatch agent reads stdout (local runs)."""
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -27,6 +27,7 @@
 | STREAMER_KEYS_REFRESH_S         | 5                         | safety-net re-read of streams    |
 | STREAMER_BUFFER_MAX             | 50000                     | keys kept while Redis is down    |
 | STREAMER_LOG_LEVEL              | INFO                      |                                  |
+| STREAMER_EMF_METRICS            | true                      | CloudWatch EMF line per heartbeat|
 
 Credentials: DHAN_CLIENT_ID + DHAN_ACCESS_TOKEN, or DHAN_SECRET_ARN naming a secret whose
 SecretString is JSON `{"client_id": "...", "access_token": "..."}` (also accepted: `clientId`,
@@ -166,6 +167,7 @@ class Settings:
     keys_refresh: float = 5.0
     buffer_max: int = 50_000
     log_level: str = "INFO"
+    emit_metrics: bool = True
     shutdown_timeout: float = 8.0  # graceful part of the 10 s SIGTERM budget
 
 
@@ -242,4 +244,5 @@ def load_settings(
         keys_refresh=env.number("STREAMER_KEYS_REFRESH_S", 5, minimum=0.01),
         buffer_max=env.integer("STREAMER_BUFFER_MAX", 50_000, minimum=1),
         log_level=level,
+        emit_metrics=env.flag("STREAMER_EMF_METRICS", True),
     )

@@ -339,7 +339,7 @@ class LocalStack:
         env.update({"REDIS_URL": self.redis_url, "DHAN_FEED_URL": self.feed.url,
                     "DHAN_CLIENT_ID": self.feed.client_id,
                     "DHAN_ACCESS_TOKEN": self.feed.access_token,
-                    "STREAMER_AUTO_STOP": "false"})
+                    "STREAMER_AUTO_STOP": "false", "STREAMER_EMF_METRICS": "false"})
         if self.feed.kind == "simulator":
             env["STREAMER_ALWAYS_OPEN"] = "true"  # the simulator trades around the clock
         settings = load_settings(env)

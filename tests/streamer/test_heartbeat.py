@@ -72,3 +72,31 @@ async def test_redis_errors_are_counted_not_raised() -> None:
 def test_interval_must_leave_room_in_the_ttl() -> None:
     with pytest.raises(ValueError):
         Heartbeat(redis=aioredis.Redis(), snapshot=lambda: snapshot(0), interval=31)
+
+
+async def test_each_written_beat_prints_one_emf_record(aredis: aioredis.Redis) -> None:
+    lines: list[bytes] = []
+    ticks = iter([100, 400])
+    beat = Heartbeat(redis=aredis, snapshot=lambda: snapshot(next(ticks)), interval=10,
+                     emit=lines.append)
+    assert await beat.beat() and await beat.beat()
+    records = [loads(line) for line in lines]
+    assert [r["Ticks"] for r in records] == [100, 300]
+    assert all(r["Heartbeats"] == 1 and r["service"] == "streamer" for r in records)
+    directive = records[0]["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == "LtpStream" and directive["Dimensions"] == [["service"]]
+    assert {m["Name"] for m in directive["Metrics"]} == {
+        "Heartbeats", "Ticks", "LastTickAgeSeconds"}
+    assert records[0]["LastTickAgeSeconds"] == 0.123
+
+
+async def test_a_beat_that_misses_redis_is_not_counted_as_a_heartbeat() -> None:
+    lines: list[bytes] = []
+    client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5,
+                            retry=Retry(NoBackoff(), 0))
+    beat = Heartbeat(redis=client, snapshot=lambda: snapshot(0), interval=1, emit=lines.append)
+    try:
+        assert not await beat.beat()
+        assert lines == []
+    finally:
+        await client.aclose()
