@@ -138,10 +138,20 @@ def worker_ours(feed: str, ticks: int, instruments: int, redis_url: str) -> dict
                 raise RuntimeError("streamer stopped before the first tick")
             await asyncio.sleep(0.0005)
         start, start_cpu = time.perf_counter(), time.process_time()
+        lags: list[float] = []
+
+        async def probe_loop_lag() -> None:  # how late a 10 ms timer fires while ingesting
+            while True:
+                before = time.perf_counter()
+                await asyncio.sleep(0.01)
+                lags.append(time.perf_counter() - before - 0.01)
+
+        probe = asyncio.create_task(probe_loop_lag())
         try:
             async with asyncio.timeout(600):
                 await done.wait()
         finally:
+            probe.cancel()
             streamer.request_stop("benchmark done")
             async with asyncio.timeout(15):
                 await runner
@@ -155,6 +165,8 @@ def worker_ours(feed: str, ticks: int, instruments: int, redis_url: str) -> dict
             "keys_written": sink.written,
             "stale": coalescer.stale,
             "frames": sum(c.frames for c in streamer.connections.values()),
+            "loop_lag_max_ms": 1000 * max(lags, default=0.0),
+            "loop_lag_p99_ms": 1000 * sorted(lags)[int(0.99 * (len(lags) - 1))] if lags else 0.0,
             "subscribe_messages": sum(
                 c.subscribe_messages for c in streamer.connections.values()
             ),
@@ -314,7 +326,8 @@ def describe(path: str, ppf: int, r: dict[str, Any], instruments: int) -> str:
     if path == "ours":
         extra = (f" flushes={r['flushes']} published={r['published']}"
                  f" keys_written={r['keys_written']} subscribe_msgs={r['subscribe_messages']}"
-                 f" (<= {r['largest_subscribe']} instruments)")
+                 f" (<= {r['largest_subscribe']} instruments) loop lag p99/max"
+                 f" {r['loop_lag_p99_ms']:.1f}/{r['loop_lag_max_ms']:.1f} ms")
     return (f"  {path:<4} ppf={ppf:<3} sent={r['sent']:>9,} delivered={r['delivered']:>9,} "
             f"in {r['seconds']:.2f}s = {r['rate']:>11,.0f} ticks/s  "
             f"cpu={1e6 * r['cpu'] / max(1, r['delivered']):.2f}us/tick  "
