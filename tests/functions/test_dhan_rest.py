@@ -302,7 +302,8 @@ def test_a_taken_rate_limit_slot_lists_keys_as_rate_limited_without_calling(
 def test_thousands_of_misses_go_in_calls_of_at_most_1000_spaced_by_the_limiter(
     make_api: MakeApi, rest: RestStandIn
 ) -> None:
-    api = dhan_api(make_api, rest)
+    # A budget no loaded machine can exhaust: only the limiter's spacing is under test here.
+    api = dhan_api(make_api, rest, dhan_rest_budget=60.0, dhan_rest_timeout=20.0)
     keys = [f"NSE_EQ:{i}" for i in range(1, 1301)] + [f"NSE_FNO:{i}" for i in range(1, 1201)]
     body = api.post_prices({"keys": keys}).json()
     assert body["api_fetched_count"] == 2500
