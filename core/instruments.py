@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from core.errors import InvalidKeyError, InvalidKeysError
@@ -23,6 +24,15 @@ SEGMENT_NAMES: dict[int, str] = {code: name for name, code in SEGMENT_CODES.item
 # Security ids travel as u32 in the binary feed, so anything larger cannot be subscribed.
 MAX_SECURITY_ID = 2**32 - 1
 MAX_KEY_LENGTH = 32
+
+# The segments as a small trie (quicker to match than a flat alternation of eight names).
+_SEGMENT_PATTERN = r"NSE_(?:EQ|FNO|CURRENCY)|BSE_(?:EQ|FNO|CURRENCY)|MCX_COMM|IDX_I"
+# Canonical keys with ids of 1 to 9 digits and no leading zero (so always <= MAX_SECURITY_ID),
+# comma-separated: one possessive pass over a joined batch, no backtracking.
+_FAST_KEY = rf"(?:{_SEGMENT_PATTERN}):[1-9][0-9]{{0,8}}+"
+_CANONICAL_BATCH = re.compile(rf"(?:{_FAST_KEY},)*+{_FAST_KEY}")
+assert all(re.fullmatch(_SEGMENT_PATTERN, name) for name in SEGMENT_CODES), "update the trie"
+assert len(SEGMENT_CODES) == 8, "update _SEGMENT_PATTERN"
 
 
 class InstrumentKey(NamedTuple):
@@ -84,3 +94,24 @@ def parse_keys(texts: Iterable[str]) -> list[InstrumentKey]:
 def split_keys(csv: str) -> list[str]:
     """Split a comma-separated list (query string, env var), dropping empty items."""
     return [part for part in (p.strip() for p in csv.split(",")) if part]
+
+
+def is_canonical_batch(texts: Sequence[object]) -> bool:
+    """True when every item is a str that `parse_key` would return unchanged, checked with one
+    regex pass over the joined items instead of Python work per key (a hot path checks
+    thousands). False means "not proven": the ids 0 and 10-digit ids are canonical but left to
+    `parse_keys`, which decides and names every bad key."""
+    try:
+        joined = ",".join(texts)  # type: ignore[arg-type]  # TypeError for a non-str item
+    except TypeError:
+        return False
+    # A comma inside an item would make two keys of one.
+    if joined.count(",") != len(texts) - 1:
+        return False
+    return _CANONICAL_BATCH.fullmatch(joined) is not None
+
+
+def is_canonical_csv(csv: str) -> bool:
+    """`is_canonical_batch` for comma-separated text: True when `csv.split(",")` is a list of
+    canonical keys (no blanks, no empty items)."""
+    return _CANONICAL_BATCH.fullmatch(csv) is not None

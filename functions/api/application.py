@@ -66,9 +66,10 @@ def create_app(deps: ApiDeps) -> FastAPI:
     _install_error_handlers(app)
 
     async def prices_for(wanted: list[str]) -> Response:
-        cached, misses = read_cache(deps, wanted)
+        cached = read_cache(deps, wanted)
+        misses = cached.misses
         fetched = await run_in_threadpool(fetch_missing, deps, misses) if misses else None
-        return _response(prices_answer(deps, wanted, cached, misses, fetched))
+        return _response(prices_answer(deps, wanted, cached, fetched))
 
     @app.get(
         "/api/v1/current_prices",

@@ -13,17 +13,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from aws_lambda_powertools import Metrics
 from redis import Redis
 from redis.backoff import NoBackoff
+from redis.connection import HiredisRespSerializer
 from redis.credentials import CredentialProvider
 from redis.retry import Retry
+from redis.utils import HIREDIS_AVAILABLE
 
 from core.names import WS_CONNECTIONS_KEY
+from functions.api.observability import ApiMetrics
 from functions.dhan_rest import SdkSourceCache
 from functions.secrets import SecretsCache, SecretsClient, resolve_redis_password
 from functions.settings import Settings
 from functions.streams import EcsStreamerService, StreamerService
+
+if HIREDIS_AVAILABLE:
+    import hiredis
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
@@ -53,6 +58,28 @@ def secrets_for(settings: Settings) -> SecretsCache | None:
                         ttl_seconds=settings.secrets_cache_seconds)  # fmt: skip
 
 
+class StrCommandPacker(HiredisRespSerializer):
+    """redis-py's hiredis command packer, without its Python pass per argument for commands
+    whose arguments are all str (a 1,000-key MGET: ~0.1 ms of the ~0.35 ms it costs the client).
+
+    redis-py's `HiredisRespSerializer.pack` splits the command name on blanks and turns every
+    bytearray/memoryview argument into bytes (in a generator, one step per argument) before
+    `hiredis.pack_command`. When every argument is a str and the name has no blank, neither
+    step changes anything, so `hiredis.pack_command(args)` gives the same bytes. Any other
+    command takes redis-py's path unchanged (hiredis must not see a memoryview: it packs a
+    non-contiguous one wrongly).
+    """
+
+    def pack(self, *args: Any) -> list[bytes]:
+        try:
+            "".join(args)  # C-level: TypeError unless every argument is a str
+        except TypeError:
+            return list(super().pack(*args))
+        if args[0].split() != [args[0]]:
+            return list(super().pack(*args))
+        return [hiredis.pack_command(args)]
+
+
 def connect_redis(settings: Settings, *, secrets: SecretsCache | None = None) -> Redis:
     """A client with short timeouts and one immediate retry (a pooled socket that went stale
     while the Lambda was frozen); Redis being down must become a quick 503, not a hang.
@@ -60,6 +87,8 @@ def connect_redis(settings: Settings, *, secrets: SecretsCache | None = None) ->
     extra: dict[str, Any] = {}
     if settings.redis_auth_secret_arn or settings.redis_auth_token:
         extra["credential_provider"] = SecretPassword(settings, secrets=secrets)
+    if HIREDIS_AVAILABLE:
+        extra["command_packer"] = StrCommandPacker()
     return Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_socket_timeout,
@@ -101,7 +130,7 @@ def _not_managed() -> StreamerService | None:
 class ApiDeps:
     settings: Settings
     redis: Redis
-    metrics: Metrics
+    metrics: ApiMetrics
     dhan_sources: SdkSourceCache
     connection_count: Callable[[], int | None]
     secrets: SecretsCache | None = None
@@ -114,7 +143,7 @@ class ApiDeps:
         settings: Settings,
         *,
         redis: Redis,
-        metrics: Metrics,
+        metrics: ApiMetrics,
         secrets: SecretsCache | None = None,
     ) -> ApiDeps:
         """The production wiring: boto3 clients built on first use, from the environment."""

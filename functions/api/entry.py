@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.logging import correlation_paths
 from mangum import Mangum
 
 from functions.api.application import create_app
 from functions.api.deps import ApiDeps, connect_redis, secrets_for
-from functions.api.observability import logger, new_metrics
+from functions.api.observability import flushes_metrics, logger, new_metrics
 from functions.api.router import LambdaRouter
 from functions.settings import Settings
 
@@ -28,7 +27,8 @@ asgi_handler = Mangum(app, lifespan="off")
 lambda_router = LambdaRouter(deps=deps, asgi=asgi_handler)
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
-@metrics.log_metrics
+# The correlation id (API Gateway's request id) is set by the router and by the app's middleware.
+@logger.inject_lambda_context
+@flushes_metrics(metrics)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return lambda_router(event, context)

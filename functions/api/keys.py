@@ -1,20 +1,19 @@
 """Instrument keys from a request: validated, canonical, duplicates folded, within limits.
 
 The hot path (every poll of every browser) must not pay `core.instruments.parse_keys`'s
-per-key Python work: input that is already canonical (`SEGMENT:ID`, no leading zeros, ids of at
-most 9 digits so always < 2**32) is recognised by one C-level regex over the joined text. Any
-other input goes through `parse_keys`, which canonicalises what it can and names every bad key.
-Both paths give the same answer (property-tested).
+per-key Python work: input that is already canonical is recognised by one C-level regex pass
+over the joined text (`core.instruments.is_canonical_batch`). Any other input goes through
+`parse_keys`, which canonicalises what it can and names every bad key. Both paths give the same
+answer (property-tested).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from core.errors import InvalidKeysError
-from core.instruments import SEGMENT_CODES, parse_keys, split_keys
+from core.instruments import is_canonical_batch, is_canonical_csv, parse_keys, split_keys
 from functions.errors import PayloadTooLarge, Unprocessable, UriTooLong
 
 # API Gateway HTTP APIs cap the request line plus headers at 10,240 bytes; 8 KiB of query
@@ -25,42 +24,26 @@ MAX_BODY_BYTES = 256 * 1024
 # How many bad keys an error message lists before summarising.
 MAX_REPORTED_BAD_KEYS = 50
 
-# Segments as a small trie (faster to match than a flat alternation); checked against
-# SEGMENT_CODES below so that a new segment cannot be forgotten here.
-_SEGMENTS = r"NSE_(?:EQ|FNO|CURRENCY)|BSE_(?:EQ|FNO|CURRENCY)|MCX_COMM|IDX_I"
-assert all(re.fullmatch(_SEGMENTS, s) for s in SEGMENT_CODES), "update _SEGMENTS"
-assert len(SEGMENT_CODES) == 8, "update _SEGMENTS"
-_KEY = rf"(?:{_SEGMENTS}):(?:0|[1-9][0-9]{{0,8}})"
-_CANONICAL_CSV = re.compile(rf"{_KEY}(?:,{_KEY})*+")
 
-
-def canonical_keys(items: Sequence[Any], *, fold: bool = True) -> list[str]:
-    """Canonical keys in first-seen order; raises Unprocessable naming every bad key.
-
-    With `fold=False` already-canonical input is returned as given, duplicates included: the
-    price routes fold them for free in their answer's dict instead of paying a dict here.
-    """
-    try:
-        joined = ",".join(items)
-    except TypeError:
-        joined = None
-    if (
-        joined is not None
-        and joined.count(",") == len(items) - 1
-        and _CANONICAL_CSV.fullmatch(joined) is not None
-    ):
-        return list(dict.fromkeys(items)) if fold else list(items)
+def canonical_keys(items: Sequence[Any]) -> list[str]:
+    """Distinct canonical keys in first-seen order; raises Unprocessable naming every bad key."""
+    if is_canonical_batch(items):
+        return _distinct(items if isinstance(items, list) else list(items))
     try:
         return [str(key) for key in parse_keys(items)]
     except InvalidKeysError as exc:
         raise invalid_keys(exc.problems) from None
 
 
-def canonical_keys_from_csv(csv: str, *, fold: bool = True) -> list[str]:
-    if _CANONICAL_CSV.fullmatch(csv) is not None:
-        keys = csv.split(",")
-        return list(dict.fromkeys(keys)) if fold else keys
+def canonical_keys_from_csv(csv: str) -> list[str]:
+    if is_canonical_csv(csv):
+        return _distinct(csv.split(","))
     return canonical_keys(split_keys(csv))
+
+
+def _distinct(keys: list[str]) -> list[str]:
+    # A set only sizes the list (cheaper than building the ordered dict that folding needs).
+    return keys if len(set(keys)) == len(keys) else list(dict.fromkeys(keys))
 
 
 def invalid_keys(problems: dict[str, str]) -> Unprocessable:
@@ -86,7 +69,7 @@ def keys_from_query(raw_query: bytes, values: Sequence[str]) -> list[str]:
             details={"limit_bytes": MAX_QUERY_BYTES},
         )
     csv = values[0] if len(values) == 1 else ",".join(values)
-    keys = canonical_keys_from_csv(csv, fold=False) if csv else []
+    keys = canonical_keys_from_csv(csv) if csv else []
     if not keys:
         raise Unprocessable(
             "no instrument keys given: use ?keys=NSE_EQ:1333,NSE_EQ:11536",

@@ -22,9 +22,11 @@ MAX_START_BODY_BYTES = 1024 * 1024
 MAX_STOP_BODY_BYTES = 4 * 1024
 
 
-def json_object(body: bytes, *, limit: int) -> dict[str, Any]:
-    check_body_size(len(body), limit=limit)
-    if not body.strip():
+def json_object(body: bytes | str, *, limit: int) -> dict[str, Any]:
+    """`body` as bytes, or as the str of a Lambda event (orjson parses it without a copy)."""
+    size = len(body) if isinstance(body, bytes) or body.isascii() else len(body.encode())
+    check_body_size(size, limit=limit)
+    if not body or body.isspace():  # no copy of a large body
         raise BadRequest("the request body is empty; send a JSON object")
     try:
         document = orjson.loads(body)
@@ -35,9 +37,7 @@ def json_object(body: bytes, *, limit: int) -> dict[str, Any]:
     return document
 
 
-def key_list(
-    document: dict[str, Any], *, limit: int, required: bool = True, fold: bool = True
-) -> list[str]:
+def key_list(document: dict[str, Any], *, limit: int, required: bool = True) -> list[str]:
     raw = document.get("keys")
     if raw is None and not required:
         return []
@@ -47,15 +47,15 @@ def key_list(
             code="missing_keys",
         )
     check_key_count(len(raw), limit=limit)
-    keys = canonical_keys(raw, fold=fold)
+    keys = canonical_keys(raw)
     if not keys and required:
         raise Unprocessable('field "keys" must name at least one instrument', code="missing_keys")
     return keys
 
 
-def prices_request(body: bytes) -> list[str]:
-    """`{"keys": [...]}` of POST /api/v1/current_prices (duplicates left for the answer to fold)."""
-    return key_list(json_object(body, limit=MAX_BODY_BYTES), limit=MAX_POST_KEYS, fold=False)
+def prices_request(body: bytes | str) -> list[str]:
+    """The distinct keys of `{"keys": [...]}` (POST /api/v1/current_prices)."""
+    return key_list(json_object(body, limit=MAX_BODY_BYTES), limit=MAX_POST_KEYS)
 
 
 @dataclass(frozen=True, slots=True)

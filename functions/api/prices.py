@@ -7,16 +7,21 @@ Response (seed fields first):
    "errors": [{"reason", "code", "type", "message", "keys", "segments"}, ...]}
 Reasons in `missing` are those of `functions.dhan_rest`.
 
-The cache path does per-key work only where it must (the price's float conversion) and
-serializes with orjson straight to bytes: no pydantic model per key.
+The cache values are decimal strings written by this project (`core.messages.format_price`),
+which are already JSON numbers. In the usual case (every key cached, every value a JSON number)
+the `prices` object is spliced from them with C-level work only: one join, one strict orjson
+parse of all the values at once to prove each is one finite JSON number, and one `%` over a
+template built from the keys; no float or dict entry per key. Anything else (a miss, `nan`,
+` 12.5`, garbage) goes key by key: a JSON number is still spliced (`orjson.Fragment`), anything
+else `parse_price` accepts is converted, the rest is a miss.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -25,7 +30,7 @@ from core.messages import parse_price, utc_now_iso
 from core.names import LTP_PREFIX
 from functions.api.answers import NO_STORE, Answer
 from functions.api.deps import ApiDeps
-from functions.api.observability import count, logger
+from functions.api.observability import logger
 from functions.dhan_rest import (
     AUTH_ERROR,
     DHAN_ERROR,
@@ -40,55 +45,94 @@ from functions.ratelimit import RateLimiter
 from functions.secrets import resolve_dhan_credentials
 
 _NAME_GLUE = "," + LTP_PREFIX
+# Every character a JSON number can have: with only these (and commas between values), nothing
+# but numbers can parse (no true/false/null, strings, containers or blanks).
+_NUMBER_CHARS = b"0123456789.eE+-"
+_NUMBERS_CHARS = _NUMBER_CHARS + b","
+
+Price = float | orjson.Fragment
 
 
-def read_cache(deps: ApiDeps, keys: Sequence[str]) -> tuple[dict[str, float], list[str]]:
-    """Cached prices and the distinct keys that missed (or held something that is not a price).
+@dataclass(frozen=True, slots=True)
+class CachedPrices:
+    """What one MGET found for a list of distinct keys.
 
-    `keys` may repeat; the answer folds them. The usual case (every key cached, every value a
-    finite number) is built with C-level iteration only: one join/split for the names, one
-    `dict(zip(map(float)))` (a miss makes `float(None)` raise and takes the slow path).
+    `spliced`: the JSON text of the whole `prices` object, when every key held a plain decimal.
+    Otherwise `per_key` holds each price found (the stored decimal as a fragment, or a float)
+    and `misses` the keys without one.
     """
+
+    hits: int
+    misses: list[str] = field(default_factory=list)
+    spliced: bytes | None = None
+    per_key: dict[str, Price] = field(default_factory=dict)
+
+
+def read_cache(deps: ApiDeps, keys: Sequence[str]) -> CachedPrices:
+    """One MGET for `keys`: distinct and canonical (as `functions.api.keys` returns them)."""
     if not keys:
-        return {}, []
+        return CachedPrices(0)
     # Canonical keys never contain a comma, so a join and a split build all the names at once.
     names = (LTP_PREFIX + _NAME_GLUE.join(keys)).split(",")
     values = deps.redis.mget(names)
-    present = cast(list[bytes | str], values)
+    spliced = splice_prices(keys, values)
+    if spliced is not None:
+        return CachedPrices(len(keys), spliced=spliced)
+    return _read_per_key(keys, values)
+
+
+def splice_prices(keys: Sequence[str], values: Sequence[bytes | str | None]) -> bytes | None:
+    """`{"KEY":value,...}` from the stored text when every value is one finite JSON number
+    (bytes); None otherwise. Canonical keys need no JSON escaping and hold no `%`."""
     try:
-        prices = dict(zip(keys, map(float, present), strict=True))
-    except (ValueError, TypeError):
-        return _read_slowly(keys, values)
-    if all(map(math.isfinite, prices.values())):
-        return prices, []
-    return _read_slowly(keys, values)
+        joined = b",".join(values)  # type: ignore[arg-type]  # TypeError: a miss (None) or a str
+    except TypeError:
+        return None
+    if joined.translate(None, _NUMBERS_CHARS):
+        return None
+    # orjson's grammar is strict (no leading zero, no `1.`, `.5`, `+1`, NaN or infinity), so
+    # one number per comma-separated value is exactly one valid, finite JSON number per value.
+    try:
+        numbers = orjson.loads(b"[" + joined + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    if len(numbers) != len(values):
+        return None
+    template = b"".join((b'{"', '":%s,"'.join(keys).encode(), b'":%s}'))
+    return template % tuple(values)
 
 
-def _read_slowly(
-    keys: Sequence[str], values: Sequence[bytes | str | None]
-) -> tuple[dict[str, float], list[str]]:
-    prices: dict[str, float] = {}
+def is_json_number(value: object) -> TypeGuard[bytes]:
+    """One finite JSON number (bytes), as `splice_prices` requires of every value."""
+    if not isinstance(value, bytes) or not value or value.translate(None, _NUMBER_CHARS):
+        return False
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _read_per_key(keys: Sequence[str], values: Sequence[bytes | str | None]) -> CachedPrices:
+    prices: dict[str, Price] = {}
     misses: list[str] = []
     for key, value in zip(keys, values, strict=True):
+        if is_json_number(value):
+            prices[key] = orjson.Fragment(value)
+            continue
         price = parse_price(value)
         if price is None:
             misses.append(key)
         else:
             prices[key] = price
-    return prices, list(dict.fromkeys(misses))
+    return CachedPrices(len(prices), misses, per_key=prices)
 
 
 def prices_answer(
-    deps: ApiDeps,
-    keys: Sequence[str],
-    cached: dict[str, float],
-    misses: Sequence[str],
-    fetched: FetchResult | None,
+    deps: ApiDeps, keys: Sequence[str], cached: CachedPrices, fetched: FetchResult | None
 ) -> Answer:
-    record_metrics(deps, hits=len(cached), misses=len(misses), fetched=fetched)
-    # Every distinct key is either cached or missed (`keys` itself may repeat).
-    requested = len(cached) + len(misses)
-    return Answer(200, render(requested=requested, cached=cached, fetched=fetched), NO_STORE)
+    record_metrics(deps, hits=cached.hits, misses=len(cached.misses), fetched=fetched)
+    return Answer(200, render(requested=len(keys), cached=cached, fetched=fetched), NO_STORE)
 
 
 def fetch_missing(deps: ApiDeps, keys: Sequence[str]) -> FetchResult:
@@ -131,43 +175,39 @@ def fetch_missing(deps: ApiDeps, keys: Sequence[str]) -> FetchResult:
 
 def record_metrics(deps: ApiDeps, *, hits: int, misses: int, fetched: FetchResult | None) -> None:
     metrics = deps.metrics
-    count(metrics, "CacheHits", hits)
-    count(metrics, "CacheMisses", misses)
+    metrics.count("CacheHits", hits)
+    metrics.count("CacheMisses", misses)
     if fetched is not None:
-        count(metrics, "RestFetched", len(fetched.prices))
-        count(metrics, "RestCalls", fetched.calls)
-        count(metrics, "RestErrors", len(fetched.errors))
+        metrics.count("RestFetched", len(fetched.prices))
+        metrics.count("RestCalls", fetched.calls)
+        metrics.count("RestErrors", len(fetched.errors))
         limited = sum(1 for reason in fetched.missing.values() if reason == RATE_LIMITED)
-        count(metrics, "RestRateLimited", limited)
+        metrics.count("RestRateLimited", limited)
 
 
-def render(
-    *,
-    requested: int,
-    cached: dict[str, float],
-    fetched: FetchResult | None,
-) -> bytes:
-    prices = cached
-    missing: dict[str, str] = {}
-    errors: list[dict[str, Any]] = []
-    fetched_count = 0
-    if fetched is not None:
-        fetched_count = len(fetched.prices)
-        prices = {**cached, **fetched.prices}
-        missing = fetched.missing
-        errors = fetched.errors
+def render(*, requested: int, cached: CachedPrices, fetched: FetchResult | None) -> bytes:
+    fetched_count = len(fetched.prices) if fetched is not None else 0
     return orjson.dumps(
         {
-            "prices": prices,
+            "prices": _prices_object(cached, fetched),
             "timestamp": utc_now_iso(),
-            "count": len(prices),
-            "cached_count": len(cached),
+            "count": cached.hits + fetched_count,
+            "cached_count": cached.hits,
             "api_fetched_count": fetched_count,
             "requested_count": requested,
-            "missing": missing,
-            "errors": errors,
+            "missing": fetched.missing if fetched is not None else {},
+            "errors": fetched.errors if fetched is not None else [],
         }
     )
+
+
+def _prices_object(cached: CachedPrices, fetched: FetchResult | None) -> Any:
+    if cached.spliced is None:
+        return cached.per_key if fetched is None else {**cached.per_key, **fetched.prices}
+    if fetched is None or not fetched.prices:
+        return orjson.Fragment(cached.spliced)
+    # Not reached today (only misses are fetched, and a spliced read has none): kept correct.
+    return orjson.Fragment(cached.spliced[:-1] + b"," + orjson.dumps(fetched.prices)[1:])
 
 
 def _instrument_keys(keys: Sequence[str]) -> list[InstrumentKey]:

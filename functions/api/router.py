@@ -17,20 +17,17 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
 from functions.api.answers import JSON, Answer, error_answer, internal_error
 from functions.api.deps import ApiDeps
 from functions.api.keys import MAX_BODY_BYTES, check_declared_length, keys_from_query
-from functions.api.observability import event_request_id, logger, request_done
+from functions.api.observability import LambdaHandler, event_request_id, logger, request_done
 from functions.api.payloads import prices_request
 from functions.api.prices import fetch_missing, prices_answer, read_cache
 
 HOT_PATH = "/api/v1/current_prices"
-
-LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 
 class LambdaRouter:
@@ -67,16 +64,16 @@ class LambdaRouter:
             headers = event.get("headers") or {}
             check_declared_length(headers.get("content-length"), MAX_BODY_BYTES)
             keys = prices_request(event_body(event))
-        cached, misses = read_cache(self.deps, keys)
-        fetched = fetch_missing(self.deps, misses) if misses else None
-        return prices_answer(self.deps, keys, cached, misses, fetched)
+        cached = read_cache(self.deps, keys)
+        fetched = fetch_missing(self.deps, cached.misses) if cached.misses else None
+        return prices_answer(self.deps, keys, cached, fetched)
 
 
-def event_body(event: dict[str, Any]) -> bytes:
+def event_body(event: dict[str, Any]) -> bytes | str:
     body = event.get("body") or ""
     if event.get("isBase64Encoded"):
         return base64.b64decode(body)
-    return body.encode() if isinstance(body, str) else bytes(body)
+    return body if isinstance(body, str) else bytes(body)
 
 
 def lambda_response(answer: Answer) -> dict[str, Any]:

@@ -210,3 +210,37 @@ def test_router_and_mangum_answer_alike(make_api: MakeApi, redis_client: redis.R
     finally:
         mangum.close()
         router.close()
+
+
+def test_cached_text_of_every_shape(api: ApiHarness, redis_client: redis.Redis) -> None:
+    """JSON numbers are passed through as stored, other numbers converted, the rest missing."""
+    stored = {
+        "NSE_EQ:1": "1234.5", "NSE_EQ:2": "0.05", "NSE_EQ:3": "10", "NSE_EQ:4": "1e+16",
+        "NSE_EQ:5": "-5.25", "NSE_EQ:6": " 12.5", "NSE_EQ:7": "01.5", "NSE_EQ:8": "7.",
+        "NSE_EQ:9": "nan", "NSE_EQ:10": "inf", "NSE_EQ:11": "1e400", "NSE_EQ:12": "true",
+        "NSE_EQ:13": '"1.5"', "NSE_EQ:14": "[1]", "NSE_EQ:15": "", "NSE_EQ:16": "1.5,2.5",
+    }  # fmt: skip
+    redis_client.mset({f"ltp:{key}": value for key, value in stored.items()})
+    answer = api.post_prices({"keys": list(stored)})
+    assert answer.status == 200
+    body = answer.json()
+    assert body["prices"] == {
+        "NSE_EQ:1": 1234.5, "NSE_EQ:2": 0.05, "NSE_EQ:3": 10.0, "NSE_EQ:4": 1e16,
+        "NSE_EQ:5": -5.25, "NSE_EQ:6": 12.5, "NSE_EQ:7": 1.5, "NSE_EQ:8": 7.0,
+    }  # fmt: skip
+    assert set(body["missing"]) == set(stored) - set(body["prices"])
+    assert body["cached_count"] == body["count"] == 8
+    assert b'"NSE_EQ:1":1234.5,' in answer.body  # the stored text itself
+
+
+def test_all_cached_answer_is_the_stored_text_in_request_order(
+    api: ApiHarness, redis_client: redis.Redis
+) -> None:
+    keys = [f"NSE_FNO:{40000 + i}" for i in range(300)]
+    redis_client.mset({f"ltp:{key}": f"{i}.{i % 100:02d}" for i, key in enumerate(keys)})
+    answer = api.post_prices({"keys": [*keys, *keys[:10]]})
+    body = answer.json()
+    assert list(body["prices"]) == keys
+    assert body["prices"] == {key: float(f"{i}.{i % 100:02d}") for i, key in enumerate(keys)}
+    assert body["count"] == body["cached_count"] == body["requested_count"] == 300
+    assert body["missing"] == {} and body["errors"] == []
