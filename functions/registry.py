@@ -343,7 +343,7 @@ class ConnectionRegistry:
 
     def claim_window(
         self, connection_ids: Sequence[str], window: Mapping[str, Mapping[str, Any]]
-    ) -> dict[str, list[dict[str, Any]]]:
+    ) -> dict[str, list[Mapping[str, Any]]]:
         """Per connection, the updates to send now: its keys' window values newer than what
         it was sent, plus its carried-over updates still worth sending; all claimed as sent.
 
@@ -354,12 +354,12 @@ class ConnectionRegistry:
         for key, update in window.items():
             versions += [key, update["version"]]
         head = [expire_at, len(window), *versions]
-        plans: dict[str, list[dict[str, Any]]] = {}
+        plans: dict[str, list[Mapping[str, Any]]] = {}
         for start in range(0, len(connection_ids), _CLAIM_BATCH):
             batch = connection_ids[start:start + _CLAIM_BATCH]
             reply = loads(self._claim_window(keys=[], args=[*head, *batch]))
             for cid, (fresh, carried) in reply.items():
-                updates = [dict(window[k]) for k in (fresh or [])]
+                updates = [window[k] for k in (fresh or [])]
                 updates += [loads(raw) for raw in (carried or [])]
                 plans[cid] = updates
         return plans
