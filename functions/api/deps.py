@@ -60,7 +60,7 @@ def secrets_for(settings: Settings) -> SecretsCache | None:
 
 class StrCommandPacker(HiredisRespSerializer):
     """redis-py's hiredis command packer, without its Python pass per argument for commands
-    whose arguments are all str (a 1,000-key MGET: ~0.1 ms of the ~0.35 ms it costs the client).
+    whose arguments are all str: ~0.1 us an argument, a fifth of a 1,000-key MGET's time.
 
     redis-py's `HiredisRespSerializer.pack` splits the command name on blanks and turns every
     bytearray/memoryview argument into bytes (in a generator, one step per argument) before

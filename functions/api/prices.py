@@ -57,8 +57,8 @@ Price = float | orjson.Fragment
 class CachedPrices:
     """What one MGET found for a list of distinct keys.
 
-    `spliced`: the JSON text of the whole `prices` object, when every key held a plain decimal.
-    Otherwise `per_key` holds each price found (the stored decimal as a fragment, or a float)
+    `spliced`: the JSON text of the whole `prices` object, when every key held a JSON number.
+    Otherwise `per_key` holds each price found (the stored number as a fragment, or a float)
     and `misses` the keys without one.
     """
 
@@ -90,8 +90,9 @@ def splice_prices(keys: Sequence[str], values: Sequence[bytes | str | None]) -> 
         return None
     if joined.translate(None, _NUMBERS_CHARS):
         return None
-    # orjson's grammar is strict (no leading zero, no `1.`, `.5`, `+1`, NaN or infinity), so
-    # one number per comma-separated value is exactly one valid, finite JSON number per value.
+    # orjson's grammar is strict (no leading zero, no `1.`, `.5`, `+1`, NaN or infinity). The
+    # array parses with one element per value only when each value is exactly one JSON number:
+    # an empty value breaks the parse, a value holding a comma adds an element.
     try:
         numbers = orjson.loads(b"[" + joined + b"]")
     except orjson.JSONDecodeError:
