@@ -175,7 +175,7 @@ def _slow_path(c: Coalescer, frame: bytes) -> tuple[int, str | None, list[Packet
     return len(decoded.packets), decoded.error, c.add_packets(decoded.packets)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.lists(_frame_parts, min_size=1, max_size=6), min_size=1, max_size=8))
 def test_add_frame_equals_decoding_the_whole_frame(frames: list[list[bytes]]) -> None:
     fast = Coalescer(clock_us=counting_clock().__next__)
