@@ -54,7 +54,9 @@ class Settings:
     dhan_api_base_url: str = DEFAULT_API_BASE_URL
     dhan_rest_timeout: float = 2.0
     dhan_rest_budget: float = 2.5
-    dhan_rest_min_interval: float = 1.0
+    # Dhan allows 1 call/s; the slot is taken when a call leaves, so network jitter can bring two
+    # calls closer together at Dhan's end than here: keep a margin.
+    dhan_rest_min_interval: float = 1.1
     ws_mode: str = "quote"
 
     admin_api_key: Secret = Secret("")
@@ -86,7 +88,7 @@ class Settings:
             dhan_rest_timeout=env.number("DHAN_REST_TIMEOUT_SECONDS", 2.0, minimum=0.05),
             dhan_rest_budget=env.number("DHAN_REST_BUDGET_SECONDS", 2.5, minimum=0.0),
             dhan_rest_min_interval=env.number(
-                "DHAN_REST_MIN_INTERVAL_SECONDS", 1.0, minimum=0.001
+                "DHAN_REST_MIN_INTERVAL_SECONDS", 1.1, minimum=0.001
             ),
             ws_mode=env.choice("DHANHQ_WS_MODE", "quote", WS_MODES),
             admin_api_key=env.secret("ADMIN_API_KEY"),

@@ -190,7 +190,7 @@ def test_store_never_overwrites_the_streams_price(redis_client: redis.Redis) -> 
 
 @pytest.fixture
 def rest() -> Iterator[RestStandIn]:
-    with RestStandIn(client_id=CLIENT_ID, access_token=TOKEN, rate_limit_interval=0.04) as stand_in:
+    with RestStandIn(client_id=CLIENT_ID, access_token=TOKEN, rate_limit_interval=0.02) as stand_in:
         yield stand_in
 
 
@@ -199,7 +199,9 @@ def dhan_api(make_api: MakeApi, rest: RestStandIn, **overrides: Any) -> ApiHarne
         "dhan_client_id": CLIENT_ID,
         "dhan_access_token": Secret(TOKEN),
         "dhan_api_base_url": rest.base_url,
-        "dhan_rest_min_interval": 0.06,
+        # Spacing far above the stand-in's own limit: arrival jitter on a loaded machine can
+        # bring two calls closer at the server than they left here.
+        "dhan_rest_min_interval": 0.12,
         "dhan_rest_timeout": 2.0,
         "dhan_rest_budget": 5.0,
     }
