@@ -91,6 +91,7 @@ async def serve_stack(redis_url: str, budget: float, min_window: float, max_wind
                 "expected_posts_per_second": stats.expected_posts_per_second,
                 "posts": gateway.posts, "window_times": windows[-2000:],
                 "fanout_errors": invoker.errors, "reader_errors": stats.reader_errors,
+                "folded": invoker.folded,
                 "cpu": cpu_seconds(os.getpid()),
             }), flush=True)
         task.cancel()
@@ -144,6 +145,10 @@ def ask(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return answer
 
 
+def say(text: str) -> None:
+    print(f"  .. {text}", file=sys.stderr, flush=True)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -158,8 +163,11 @@ async def run_clients(ws_url: str, clients: int, seconds: float, warmup: float,
 
     rng = random.Random(11)
     sockets = []
+    started_at = time.monotonic()
     for _ in range(clients):
-        sockets.append(await connect(ws_url, max_size=None, ping_interval=None))
+        sockets.append(await connect(ws_url, max_size=None, ping_interval=None,
+                                     close_timeout=1))
+    say(f"{clients} clients connected in {time.monotonic() - started_at:.1f} s")
     for ws in sockets:
         await ws.send(orjson.dumps({"action": "subscribe", "keys": rng.sample(KEYS, 50)}).decode())
     measuring = False
@@ -186,6 +194,7 @@ async def run_clients(ws_url: str, clients: int, seconds: float, warmup: float,
     deadline = time.monotonic() + 60
     while counts["snapshots"] < clients and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
+    say(f"{counts['snapshots']} snapshots in {time.monotonic() - started_at:.1f} s; measuring")
     await asyncio.sleep(warmup)
     loop = asyncio.get_running_loop()
     before = await loop.run_in_executor(None, ask, stack)
@@ -199,8 +208,7 @@ async def run_clients(ws_url: str, clients: int, seconds: float, warmup: float,
     cpu = cpu_seconds(os.getpid()) - cpu0
     for task in readers:
         task.cancel()
-    for ws in sockets:
-        await ws.close()
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     # At most one message per client per window: count each client's messages between
     # consecutive window closes (a message belongs to the window closed just before it).
     closes = [t for t in after["window_times"] if started - 1 <= t <= ended]
@@ -267,7 +275,8 @@ def report(clients: int, result: dict[str, Any], min_window: float) -> None:
     print(f"  posts                     {(after['posts'] - before['posts']) / elapsed:.0f}/s; "
           f"stack CPU {(after['cpu'] - before['cpu']) / elapsed * 100:.0f} %, clients CPU "
           f"{result['client_cpu'] / elapsed * 100:.0f} %; fan-out errors "
-          f"{after['fanout_errors']}, reader errors {after['reader_errors']}")
+          f"{after['fanout_errors']}, reader errors {after['reader_errors']}; windows folded "
+          f"into a busy shard's next run {after['folded'] - before['folded']}")
 
 
 def main() -> None:

@@ -137,39 +137,68 @@ class LambdaInvoker:
 
 
 class LocalInvoker:
-    """Runs the fan-out code in a worker thread; one shard's windows run in order."""
+    """Runs the fan-out code in worker threads, one run at a time per shard.
+
+    When a shard's fan-out is still running as its next window closes, the new window waits
+    in one slot per shard and later windows are folded into it (newest version per key): a
+    machine that cannot post as fast as the windows close gets fewer, fuller messages and a
+    bounded delay instead of an ever-growing queue of stale windows.
+    """
 
     def __init__(self, *, run: Callable[[dict[str, Any]], Any], threads: int = 8) -> None:
         self._run = run
         # Not the default executor: busy fan-outs must not delay the gateway's handler calls.
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fanout-shard")
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._running: set[int] = set()
+        self._waiting: dict[int, dict[str, Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.results: list[Any] = []
         self.errors = 0
+        self.folded = 0  # windows merged into a waiting one because the shard was busy
 
     async def invoke(self, payload: dict[str, Any]) -> None:
-        task = asyncio.create_task(self._one(payload))
+        shard = int(payload["shard"])
+        if shard in self._running:
+            waiting = self._waiting.get(shard)
+            if waiting is None:
+                self._waiting[shard] = {**payload, "updates": list(payload["updates"])}
+            else:
+                self._waiting[shard] = fold_payloads(waiting, payload)
+                self.folded += 1
+            return
+        self._running.add(shard)
+        task = asyncio.create_task(self._drive(shard, payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _one(self, payload: dict[str, Any]) -> None:
-        lock = self._locks.setdefault(int(payload["shard"]), asyncio.Lock())
-        async with lock:
-            try:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._executor, self._run, payload)
-            except Exception:
-                self.errors += 1
-                log.exception("local fan-out of shard %s failed", payload.get("shard"))
-                return
-            self.results.append(result)
-            if len(self.results) > 1000:
-                del self.results[:500]
+    async def _drive(self, shard: int, payload: dict[str, Any] | None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while payload is not None:
+                try:
+                    result = await loop.run_in_executor(self._executor, self._run, payload)
+                except Exception:
+                    self.errors += 1
+                    log.exception("local fan-out of shard %s failed", shard)
+                else:
+                    self.results.append(result)
+                    if len(self.results) > 1000:
+                        del self.results[:500]
+                payload = self._waiting.pop(shard, None)
+        finally:
+            self._running.discard(shard)
 
     async def drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def fold_payloads(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
+    """One payload holding the newest version of every key of both."""
+    merged = Conflator()
+    for update in (*older["updates"], *newer["updates"]):
+        merged.add(update)
+    return {**newer, "updates": list(merged.drain().values())}
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from core.messages import batch_update, dumps
 from functions.registry import ConnectionRegistry, shard_of
 from streamer.bridge import (
     Conflator,
+    LocalInvoker,
     RelayBridge,
     expected_posts,
     next_window,
@@ -239,3 +240,30 @@ async def test_the_reader_reports_errors_and_keeps_retrying(
         await aredis.publish(names.LIVE_LTP_CHANNEL, dumps(batch_update(
             [update("NSE_EQ:1", 1, 1.0)])))
         await wait_for(lambda: invoker.updates() != [])
+
+
+async def test_local_invoker_folds_windows_while_a_shard_is_busy() -> None:
+    import threading
+
+    release = threading.Event()
+    seen: list[dict[str, Any]] = []
+
+    def run(payload: dict[str, Any]) -> int:
+        seen.append(payload)
+        release.wait(5)
+        return len(payload["updates"])
+
+    invoker = LocalInvoker(run=run)
+    await invoker.invoke({"shard": 0, "window": 1, "updates": [update("A:1", 1, 1.0)]})
+    await wait_for(lambda: len(seen) == 1)
+    await invoker.invoke({"shard": 0, "window": 2, "updates": [update("A:1", 2, 2.0),
+                                                               update("B:1", 1, 5.0)]})
+    await invoker.invoke({"shard": 0, "window": 3, "updates": [update("A:1", 3, 3.0)]})
+    await invoker.invoke({"shard": 1, "window": 3, "updates": [update("C:1", 1, 9.0)]})
+    release.set()
+    await invoker.drain()
+    by_shard = [(p["shard"], p["window"], sorted((u["key"], u["version"]) for u in p["updates"]))
+                for p in seen]
+    assert by_shard[0] == (0, 1, [("A:1", 1)])
+    assert sorted(by_shard[1:]) == [(0, 3, [("A:1", 3), ("B:1", 1)]), (1, 3, [("C:1", 1)])]
+    assert invoker.folded == 1 and invoker.errors == 0
