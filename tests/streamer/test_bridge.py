@@ -9,20 +9,25 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import pytest
 import redis
 import redis.asyncio as aioredis
 
 from core import names
+from core.errors import ConfigError
 from core.messages import batch_update, dumps
 from functions.registry import ConnectionRegistry, shard_of
 from streamer.bridge import (
     Conflator,
+    LambdaInvoker,
     LocalInvoker,
     RelayBridge,
     expected_posts,
     next_window,
     split_payloads,
 )
+from streamer.bridge_main import BridgeSettings
+from streamer.bridge_main import main as bridge_main
 from tests.realtime_support import update, wait_for
 
 
@@ -267,3 +272,31 @@ async def test_local_invoker_folds_windows_while_a_shard_is_busy() -> None:
     assert by_shard[0] == (0, 1, [("A:1", 1)])
     assert sorted(by_shard[1:]) == [(0, 3, [("A:1", 3), ("B:1", 1)]), (1, 3, [("C:1", 1)])]
     assert invoker.folded == 1 and invoker.errors == 0
+
+
+async def test_lambda_invoker_invokes_asynchronously_with_json_payloads() -> None:
+    calls: list[dict[str, Any]] = []
+
+    class FakeLambda:
+        def invoke(self, **kwargs: Any) -> dict[str, Any]:
+            calls.append(kwargs)
+            return {"StatusCode": 202}
+
+    invoker = LambdaInvoker(lambda_client=FakeLambda(), function_name="ltp-fanout")
+    payload = {"shard": 3, "window": 9, "published_at": 1.5, "updates": [update("A:1", 1, 2.0)]}
+    await invoker.invoke(payload)
+    (call,) = calls
+    assert call["FunctionName"] == "ltp-fanout"
+    assert call["InvocationType"] == "Event"
+    assert orjson.loads(call["Payload"]) == payload
+
+
+def test_bridge_settings_from_the_environment() -> None:
+    settings = BridgeSettings.from_env({"FANOUT_FUNCTION_NAME": "fn", "WS_WINDOW_MIN_MS": "100",
+                                        "WS_POST_BUDGET_PER_SECOND": "2500"})
+    assert (settings.fanout_function_name, settings.min_window, settings.max_window,
+            settings.budget_per_second) == ("fn", 0.1, 2.0, 2500.0)
+    with pytest.raises(ConfigError, match="WS_WINDOW_MAX_MS"):
+        BridgeSettings.from_env({"WS_WINDOW_MIN_MS": "500", "WS_WINDOW_MAX_MS": "100"})
+    with pytest.raises(ConfigError, match="FANOUT_FUNCTION_NAME"):
+        asyncio.run(bridge_main(BridgeSettings.from_env({})))
