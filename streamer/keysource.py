@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.errors import InvalidKeyError
-from core.instruments import InstrumentKey, parse_key
+from core.instruments import InstrumentKey, parse_key, split_keys
 from core.messages import loads
 from core.names import CONTROL_CHANNEL, INSTRUMENT_SYMBOLS_KEY, STREAM_PATTERN
 from streamer.aio import raise_if_cancelled
@@ -42,11 +42,16 @@ class DesiredKeys:
 
 
 def _stream_keys(raw: bytes | str) -> list[Any] | None:
+    """The keys of a stream record: `{"keys": [...]}` (the API's), a bare JSON list, or, from
+    hand-written or older writers, a comma-separated string in either place."""
     try:
         document = loads(raw)
     except ValueError:
-        return None
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        document = text if ":" in text else None
     items = document.get("keys") if isinstance(document, dict) else document
+    if isinstance(items, str):
+        return list(split_keys(items))
     return items if isinstance(items, list) else None
 
 

@@ -110,3 +110,17 @@ async def test_keeps_the_last_keys_while_redis_is_down(
         await wait_for(lambda: seen[-1].keys == (K("NSE_EQ", "5"), K("NSE_EQ", "6")))
     finally:
         await cancel_and_wait(task)
+
+
+async def test_stream_records_in_other_writers_shapes_are_read(
+    aredis: aioredis.Redis, redis_client: redis.Redis
+) -> None:
+    redis_client.set(stream_key("list"), json.dumps(["NSE_EQ:2885"]))
+    redis_client.set(stream_key("csv_field"), json.dumps({"keys": "NSE_EQ:1333, IDX_I:13"}))
+    redis_client.set(stream_key("plain"), "NSE_EQ:11536,NSE_EQ:1594")
+    redis_client.set(stream_key("junk"), "not a stream")
+    source = KeySource(redis=aredis, on_change=lambda _: None)
+    desired = await source.read()
+    assert set(desired.keys) == {K("NSE_EQ", "2885"), K("NSE_EQ", "1333"), K("IDX_I", "13"),
+                                 K("NSE_EQ", "11536"), K("NSE_EQ", "1594")}
+    assert desired.streams == 3
