@@ -13,26 +13,26 @@ from functions.ws.app import Event, WsApp
 
 
 @cache
-def app() -> WsApp:
+def ws_app() -> WsApp:
     from functions.ws.wiring import build_app
 
     return build_app()
 
 
 def authorize(event: Event, context: Any = None) -> dict[str, Any]:
-    return app().authorize(event)
+    return ws_app().authorize(event)
 
 
 def connect(event: Event, context: Any = None) -> dict[str, Any]:
-    return app().connect(event)
+    return ws_app().connect(event)
 
 
 def disconnect(event: Event, context: Any = None) -> dict[str, Any]:
-    return app().disconnect(event)
+    return ws_app().disconnect(event)
 
 
 def message(event: Event, context: Any = None) -> dict[str, Any]:
-    return app().message(event)
+    return ws_app().message(event)
 
 
-__all__ = ["WsApp", "app", "authorize", "connect", "disconnect", "message"]
+__all__ = ["WsApp", "ws_app", "authorize", "connect", "disconnect", "message"]

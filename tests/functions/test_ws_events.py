@@ -33,9 +33,9 @@ def entry_points(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local")
-    ws.app.cache_clear()
+    ws.ws_app.cache_clear()
     yield
-    ws.app.cache_clear()
+    ws.ws_app.cache_clear()
 
 
 def test_authorizer_allows_a_signed_token_and_denies_others(
@@ -61,7 +61,7 @@ async def test_connect_message_disconnect_on_aws_shapes(
     # Replies go to a real @connections endpoint; the recorded connection is not on it (410).
     async with LocalApiGateway(Handlers(message=lambda e, c: None)) as gateway:
         monkeypatch.setenv("WEBSOCKET_CALLBACK_URL", gateway.callback_url)
-        ws.app.cache_clear()
+        ws.ws_app.cache_clear()
         connect = event("ws_connect.json")
         cid = connect["requestContext"]["connectionId"]
         connected_at = int(time.time()) - 60
