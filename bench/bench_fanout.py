@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -111,8 +113,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.010)
     parser.add_argument("--workers", type=int, nargs="+", default=[64])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
-    parser.add_argument("--redis-db", type=int, default=11)
+    parser.add_argument("--redis-url", default=None,
+                        help="default: a private redis-server (its DB is flushed)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -124,7 +126,11 @@ def main() -> None:
     from functions.fanout.core import Fanout
     from functions.fanout.plan import build_messages, select_updates
     from functions.registry import ConnectionRegistry
-    from local.redis_server import redis_for_local_use
+    from local.redis_server import (
+        RedisHandle,
+        embedded_redis_server,
+        private_redis_server,
+    )
 
     random.seed(7)
     argv = [sys.executable, __file__, "--serve", "--connections", str(args.connections),
@@ -140,9 +146,10 @@ def main() -> None:
         server.stdin.flush()
         return int(json.loads(server.stdout.readline())["received"])
 
-    with redis_for_local_use(args.redis_url) as handle:
-        url = handle.url.rsplit("/", 1)[0] + f"/{args.redis_db}"
-        client = redis.Redis.from_url(url)
+    binary = shutil.which("redis-server")
+    with (contextlib.nullcontext(RedisHandle(args.redis_url, "given")) if args.redis_url else
+          private_redis_server(binary) if binary else embedded_redis_server()) as handle:
+        client = redis.Redis.from_url(handle.url)
         client.flushdb()
         registry = ConnectionRegistry(redis=client, shards=1)
         subscriptions: dict[str, frozenset[str]] = {}
