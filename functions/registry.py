@@ -8,8 +8,9 @@ a subscribe, an unsubscribe, a removal and a fan-out claim never see each other 
 
 Connections are sharded by `crc32(connection_id) % shards`; one fan-out invocation handles one
 shard. A connection is live until its expiry score (connect time + API Gateway's 2 h), even if
-`$disconnect` never arrives; the bridge sweeps expired ones (dropping their refcounts) and the
-data itself expires an hour later as a backstop.
+`$disconnect` never arrives; each fan-out sweeps its shard's expired ones (dropping their
+refcounts; the bridge invokes every shard now and then for this) and the data itself expires an
+hour later as a backstop.
 """
 
 from __future__ import annotations

@@ -40,7 +40,11 @@ def index_window(updates: Iterable[Update]) -> dict[str, Update]:
 
 def select_updates(window: Mapping[str, Update], keys: frozenset[str] | set[str],
                    pending: Mapping[str, Update]) -> dict[str, Update]:
-    """This connection's share of the window plus its carried-over updates, newest first."""
+    """This connection's share of the window plus its carried-over updates, newest winning.
+
+    The rule the registry's claim script applies inside Redis (where it is also checked
+    against what was already sent); kept here as its plain statement for tests and benchmarks.
+    """
     small, large = (keys, window) if len(keys) < len(window) else (window, keys)
     chosen = {k: window[k] for k in small if k in large}
     for key, update in pending.items():
