@@ -130,33 +130,33 @@ def pick_field(text: str, fields: tuple[str, ...], *, allow_plain: bool) -> str:
     raise SecretError(f"secret must be a JSON object with {', '.join(fields)}")
 
 
+def _resolve_plain(
+    arn: str, fallback: Secret, fields: tuple[str, ...], variable: str,
+    secrets: SecretsCache | None,
+) -> Secret:
+    """A one-value secret: from Secrets Manager when its ARN is set, else the env value."""
+    if not arn:
+        return fallback
+    if secrets is None:
+        raise SecretError(f"{variable} is set but no Secrets Manager client is available")
+    return Secret(pick_field(secrets.get(arn), fields, allow_plain=True))
+
+
 def resolve_admin_key(settings: Settings, *, secrets: SecretsCache | None) -> Secret:
     """The admin key start/stop require; an empty Secret means no key is configured."""
-    if settings.admin_secret_arn:
-        if secrets is None:
-            raise SecretError("ADMIN_SECRET_ARN is set but no Secrets Manager client is available")
-        text = secrets.get(settings.admin_secret_arn)
-        return Secret(pick_field(text, ADMIN_FIELDS, allow_plain=True))
-    return settings.admin_api_key
+    return _resolve_plain(settings.admin_secret_arn, settings.admin_api_key, ADMIN_FIELDS,
+                          "ADMIN_SECRET_ARN", secrets)
 
 
 def resolve_ws_token_secret(settings: Settings, *, secrets: SecretsCache | None) -> Secret:
-    if settings.ws_token_secret_arn:
-        if secrets is None:
-            raise SecretError("WS_TOKEN_SECRET_ARN is set but no Secrets Manager client exists")
-        text = secrets.get(settings.ws_token_secret_arn)
-        return Secret(pick_field(text, WS_TOKEN_FIELDS, allow_plain=True))
-    return settings.ws_token_secret
+    return _resolve_plain(settings.ws_token_secret_arn, settings.ws_token_secret,
+                          WS_TOKEN_FIELDS, "WS_TOKEN_SECRET_ARN", secrets)
 
 
 def resolve_redis_password(settings: Settings, *, secrets: SecretsCache | None) -> Secret:
     """The Redis AUTH token when one is configured apart from the URL; empty otherwise."""
-    if settings.redis_auth_secret_arn:
-        if secrets is None:
-            raise SecretError("REDIS_AUTH_SECRET_ARN is set but no Secrets Manager client exists")
-        text = secrets.get(settings.redis_auth_secret_arn)
-        return Secret(pick_field(text, REDIS_AUTH_FIELDS, allow_plain=True))
-    return settings.redis_auth_token
+    return _resolve_plain(settings.redis_auth_secret_arn, settings.redis_auth_token,
+                          REDIS_AUTH_FIELDS, "REDIS_AUTH_SECRET_ARN", secrets)
 
 
 def resolve_dhan_credentials(
