@@ -82,14 +82,15 @@ async def serve(connections: int, latency: float) -> None:
 # --- the measuring process -----------------------------------------------------------------------
 
 def management(callback_url: str, pool: int) -> Any:
+    """`functions.ws.management.management_client`, the fan-out's exact client config, for both
+    modes (only the pool size differs), so the comparison measures concurrency alone."""
     import boto3
-    from botocore.config import Config
+
+    from functions.ws.management import management_client
 
     session = boto3.session.Session(aws_access_key_id="bench", aws_secret_access_key="bench",
                                     region_name="us-east-1")
-    return session.client("apigatewaymanagementapi", endpoint_url=callback_url, config=Config(
-        max_pool_connections=pool, retries={"total_max_attempts": 1, "mode": "standard"},
-        parameter_validation=False))  # as functions.ws.management.management_client
+    return management_client(callback_url, max_pool_connections=pool, session=session)
 
 
 def window(version: int) -> list[dict[str, Any]]:

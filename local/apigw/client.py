@@ -17,18 +17,14 @@ from local.apigw.gateway import LocalApiGateway
 
 
 def boto3_client(gateway: LocalApiGateway, *, max_pool_connections: int = 64) -> ManagementApi:
-    """boto3 `apigatewaymanagementapi` pointed at the gateway (dummy credentials: no SigV4)."""
+    """The fan-out's own boto3 `apigatewaymanagementapi` client, pointed at the gateway (dummy
+    credentials: the local endpoint does not verify the SigV4 signature)."""
     import boto3
-    from botocore.config import Config
 
     session = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local",
                                     region_name="us-east-1")
-    config = Config(max_pool_connections=max_pool_connections,
-                    retries={"total_max_attempts": 1, "mode": "standard"},
-                    connect_timeout=2, read_timeout=5)
-    client: ManagementApi = session.client("apigatewaymanagementapi",
-                                           endpoint_url=gateway.callback_url, config=config)
-    return client
+    return management_client(gateway.callback_url, max_pool_connections=max_pool_connections,
+                             session=session)
 
 
 class InProcessManagement:
