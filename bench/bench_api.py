@@ -37,7 +37,6 @@ import copy
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench._common import bench_redis  # noqa: E402
+
 EVENTS = ROOT / "tests" / "events"
 SIZES = (100, 1000, 5000)
 
@@ -62,20 +63,6 @@ class Context:
     memory_limit_in_mb = 1024
     invoked_function_arn = "arn:aws:lambda:ap-south-1:123456789012:function:ltp-api"
     aws_request_id = "bench"
-
-
-@contextlib.contextmanager
-def redis_for_bench(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    from local.redis_server import private_redis_server
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed; pass --redis-url redis://HOST:PORT/DB")
-    with private_redis_server(binary) as handle:
-        yield handle.url
 
 
 @contextlib.contextmanager
@@ -304,7 +291,7 @@ def main() -> None:
     parser.add_argument("--import-repeat", type=int, default=7)
     args = parser.parse_args()
 
-    with redis_for_bench(args.redis_url) as url:
+    with bench_redis(args.redis_url) as url:
         rows = hot_path(url, args.rounds, own_server=args.redis_url is None)
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
