@@ -12,6 +12,7 @@ they end up as reasons in `missing` and entries in `errors`, never as exceptions
 Reasons a key can be missing:
   not_found            Dhan answered but had no price for it
   rate_limited         no REST slot within the budget, or Dhan answered 429 / DH-904 / 805
+                       twice for the same call (the first is retried on the next slot)
   timeout              the call timed out, or the budget ran out before it could be made
   dhan_auth_error      Dhan rejected the credentials (DH-901, 807-810)
   dhan_not_subscribed  the account lacks the Data API plan (806)
@@ -223,7 +224,9 @@ def fetch_prices(
     """Fetch what can be fetched before `deadline` (a `clock` value); the rest goes to missing."""
     result = FetchResult()
     calls = plan_calls(keys, max_ids=max_ids)
-    for index, call in enumerate(calls):
+    index, retried = 0, False
+    while index < len(calls):
+        call = calls[index]
         if not limiter.acquire(deadline=deadline - MIN_CALL_SECONDS):
             for rest in calls[index:]:
                 result.give_up(rest, RATE_LIMITED)
@@ -239,6 +242,13 @@ def fetch_prices(
             answer = {"status": "failure", "remarks": f"{type(exc).__name__}: {exc}"}
         result.calls += 1
         prices, missing, error = parse_ltp_answer(call, answer)
+        # Dhan times its one-per-second window on its side, so two slots our limiter granted
+        # 1.1 s apart can still arrive closer after network jitter: one retry, on the next
+        # slot, turns that into a delay instead of a whole call's keys listed as missing.
+        if error is not None and error["reason"] == RATE_LIMITED and not retried:
+            retried = True
+            continue
+        index, retried = index + 1, False
         result.prices.update(prices)
         result.missing.update(missing)
         if error is not None:
@@ -246,7 +256,7 @@ def fetch_prices(
             error["segments"] = sorted({key.segment for key in call})
             result.errors.append(error)
             if error["reason"] in _STOP_REASONS:
-                for rest in calls[index + 1 :]:
+                for rest in calls[index:]:
                     result.give_up(rest, error["reason"])
                 break
     return result

@@ -211,11 +211,13 @@ class RestStandIn:
             body: Any = json.loads(raw_body)
         except ValueError:
             body = None
-        self.calls.append({"t": time.monotonic(), "path": path, "body": body,
-                           "headers": dict(headers)})  # fmt: skip
+        call = {"t": time.monotonic(), "path": path, "body": body, "headers": dict(headers)}
+        self.calls.append(call)
         if self.delay > 0:
             self._closing.wait(self.delay)
-        return self.answer(path, headers, raw_body)
+        answer = self.answer(path, headers, raw_body)
+        call["status"] = answer[0]
+        return answer
 
     def start(self) -> RestStandIn:
         if self._server is not None:

@@ -262,8 +262,9 @@ def test_dhan_failures_are_reported_in_the_body_never_a_500(
     make_api: MakeApi, rest: RestStandIn, status: int, code: str, kind: str, reason: str
 ) -> None:
     api = dhan_api(make_api, rest)
-    rest.fail_next(n=1, http_status=status, error_code=code, error_type=kind,
-                   message=f"{kind} happened")  # fmt: skip
+    # A rate-limit answer is retried once on the next slot, so it must come twice to stick.
+    rest.fail_next(n=2 if reason == "rate_limited" else 1, http_status=status, error_code=code,
+                   error_type=kind, message=f"{kind} happened")  # fmt: skip
     answer = api.get_prices("keys=NSE_EQ:1333,NSE_FNO:49081")
     assert answer.status == 200
     body = answer.json()
@@ -272,6 +273,20 @@ def test_dhan_failures_are_reported_in_the_body_never_a_500(
     [error] = body["errors"]
     assert error == {"reason": reason, "code": code, "type": kind, "message": f"{kind} happened",
                      "keys": 2, "segments": ["NSE_EQ", "NSE_FNO"]}  # fmt: skip
+
+
+def test_one_rate_limit_answer_is_retried_on_the_next_slot(
+    make_api: MakeApi, rest: RestStandIn
+) -> None:
+    api = dhan_api(make_api, rest)
+    rest.set_price("NSE_EQ", "1333", 1234.5)
+    rest.fail_next(n=1)
+    body = api.get_prices("keys=NSE_EQ:1333").json()
+    assert body["prices"] == {"NSE_EQ:1333": 1234.5}
+    assert body["missing"] == {}
+    assert body["errors"] == []
+    assert [call["status"] for call in rest.calls] == [429, 200]
+    assert rest.calls[1]["t"] - rest.calls[0]["t"] >= 0.1  # waited for the limiter's next slot
 
 
 def test_wrong_token_is_an_auth_error_in_the_body(make_api: MakeApi, rest: RestStandIn) -> None:
@@ -310,9 +325,11 @@ def test_thousands_of_misses_go_in_calls_of_at_most_1000_spaced_by_the_limiter(
     body = api.post_prices({"keys": keys}).json()
     assert body["api_fetched_count"] == 2500
     assert body["missing"] == {}
-    assert body["errors"] == []  # the stand-in's own 1 call / interval check never fired
+    assert body["errors"] == []
+    # Arrival jitter on a loaded machine may make the stand-in's own window reject a call that
+    # the limiter spaced correctly; that call is retried, so count what was answered.
     sizes = [sum(len(v) for k, v in call["body"].items() if k != "dhanClientId")
-             for call in rest.calls]  # fmt: skip
+             for call in rest.calls if call["status"] == 200]  # fmt: skip
     assert sizes == [1000, 1000, 500]
 
 
