@@ -71,7 +71,17 @@ async def serve_stack(redis_url: str, budget: float, min_window: float, max_wind
     await gateway.start()
     holder["api"] = InProcessManagement(gateway)
     fanout = Fanout(registry=registry, management=holder["api"], max_workers=workers)
-    invoker = LocalInvoker(run=fanout.run)
+    done_after_close: list[float] = []
+    starts: list[Any] = []
+
+    def run(payload: dict[str, Any]) -> Any:
+        started = time.time()
+        result = fanout.run(payload)
+        done_after_close.append(time.time() - payload["published_at"])
+        starts.append((started - payload["published_at"], result.duration))
+        return result
+
+    invoker = LocalInvoker(run=run)
     windows: list[float] = []
     async with aioredis.Redis.from_url(redis_url) as aclient:
         bridge = RelayBridge(redis=aclient, invoker=invoker, budget_per_second=budget,
@@ -91,7 +101,8 @@ async def serve_stack(redis_url: str, budget: float, min_window: float, max_wind
                 "expected_posts_per_second": stats.expected_posts_per_second,
                 "posts": gateway.posts, "window_times": windows[-2000:],
                 "fanout_errors": invoker.errors, "reader_errors": stats.reader_errors,
-                "folded": invoker.folded,
+                "folded": invoker.folded, "done_after_close": done_after_close[-5000:],
+                "fanout_runs": len(done_after_close), "starts": starts[-2000:],
                 "cpu": cpu_seconds(os.getpid()),
             }), flush=True)
         task.cancel()
@@ -268,6 +279,16 @@ def report(clients: int, result: dict[str, Any], min_window: float) -> None:
           f"max {max(lat) if lat else float('nan'):.0f} ms "
           f"(goal p99 <= window + 100 = {window * 1000 + 100:.0f} ms: "
           f"{'met' if p99 <= window * 1000 + 100 else 'NOT met'})")
+    runs = after["fanout_runs"] - before["fanout_runs"]
+    done = [t * 1000 for t in after["done_after_close"][-runs:]] if runs > 0 else []
+    print(f"  fan-out runs done after   p50 {percentile(done, 0.5):.0f} ms, p99 "
+          f"{percentile(done, 0.99):.0f} ms from their window's close ({runs} runs)")
+    runs_ = after["starts"][-runs:] if runs > 0 else []
+    waited = [r[0] * 1000 for r in runs_]
+    ran = [r[1] * 1000 for r in runs_]
+    print(f"    of which waiting to run p50 {percentile(waited, 0.5):.0f} ms, p99 "
+          f"{percentile(waited, 0.99):.0f} ms; running p50 {percentile(ran, 0.5):.0f} ms, "
+          f"p99 {percentile(ran, 0.99):.0f} ms")
     print(f"  messages/client/s         {result['counts']['messages'] / clients / elapsed:.2f} "
           f"(max per client per window: {result['worst_per_window']})")
     print(f"  updates delivered         {result['counts']['updates'] / elapsed:.0f}/s "

@@ -26,6 +26,8 @@ WebSocket connection registry (functions.registry; the sharded fan-out's view of
   ws:shards                     SET of shard numbers that have had connections
   ws:shard:{N}                  ZSET of shard N's connection ids -> expiry (epoch s)
   ws:shard:{N}:refs             HASH key -> number of shard N's connections subscribed to it
+  ws:refs:epoch                 counter bumped by every change of any shard's refs, so the
+                                bridge re-reads the refs only when they changed
   ws:conn:{ID}                  HASH of a connection's meta (shard, connected_at, source_ip, ...)
   ws:conn:{ID}:keys             SET of the instrument keys the connection subscribed to
   ws:conn:{ID}:sent             HASH key -> newest version claimed for this connection
@@ -65,6 +67,7 @@ WS_CONNECTIONS_KEY = "ws:connections"
 WS_SHARDS_KEY = "ws:shards"
 WS_PENDING_SHARDS_KEY = "ws:pending_shards"
 WS_LATEST_KEY = "ws:latest"
+WS_REFS_EPOCH_KEY = "ws:refs:epoch"
 WS_LATEST_TTL_SECONDS = 30
 WS_BRIDGE_HEARTBEAT_KEY = "ws:bridge:heartbeat"
 WS_BRIDGE_HEARTBEAT_TTL_SECONDS = 60

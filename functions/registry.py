@@ -29,7 +29,7 @@ DEFAULT_SHARDS = 16
 _CLAIM_BATCH = 100
 MAX_KEYS_PER_CONNECTION = 1000
 
-# KEYS: meta, keys, refs, sent. ARGV: limit, expire_at, key...
+# KEYS: meta, keys, refs, sent, refs epoch. ARGV: limit, expire_at, key...
 # Returns {status, total, new keys...}: status 0 ok, -1 unknown connection, -2 over the limit.
 _SUBSCRIBE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
@@ -44,6 +44,7 @@ for _, key in ipairs(fresh) do
   redis.call('SADD', KEYS[2], key)
   redis.call('HINCRBY', KEYS[3], key, 1)
 end
+if #fresh > 0 then redis.call('INCR', KEYS[5]) end
 redis.call('EXPIREAT', KEYS[2], ARGV[2])
 redis.call('EXPIREAT', KEYS[4], ARGV[2])
 local result = {0, total + #fresh}
@@ -51,7 +52,7 @@ for _, key in ipairs(fresh) do result[#result + 1] = key end
 return result
 """
 
-# KEYS: keys, refs, sent, pending. ARGV: key... Returns the keys actually removed.
+# KEYS: keys, refs, sent, pending, refs epoch. ARGV: key... Returns the keys actually removed.
 _UNSUBSCRIBE = """
 local removed = {}
 for i = 1, #ARGV do
@@ -64,15 +65,17 @@ for i = 1, #ARGV do
     redis.call('HDEL', KEYS[4], ARGV[i])
   end
 end
+if #removed > 0 then redis.call('INCR', KEYS[5]) end
 return removed
 """
 
-# KEYS: connections, shard, refs, meta, keys, sent, pending. ARGV: connection id.
+# KEYS: connections, shard, refs, meta, keys, sent, pending, refs epoch. ARGV: connection id.
 _REMOVE = """
 local keys = redis.call('SMEMBERS', KEYS[5])
 for _, key in ipairs(keys) do
   if redis.call('HINCRBY', KEYS[3], key, -1) <= 0 then redis.call('HDEL', KEYS[3], key) end
 end
+if #keys > 0 then redis.call('INCR', KEYS[8]) end
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 redis.call('ZREM', KEYS[1], ARGV[1])
 return redis.call('ZREM', KEYS[2], ARGV[1])
@@ -260,7 +263,8 @@ class ConnectionRegistry:
         shard = self.shard(connection_id) if shard is None else shard
         keys = [names.WS_CONNECTIONS_KEY, names.ws_shard_key(shard), names.ws_shard_refs_key(shard),
                 names.ws_conn_key(connection_id), names.ws_conn_keys_key(connection_id),
-                names.ws_conn_sent_key(connection_id), names.ws_conn_pending_key(connection_id)]
+                names.ws_conn_sent_key(connection_id), names.ws_conn_pending_key(connection_id),
+                names.WS_REFS_EPOCH_KEY]
         return bool(self._remove(keys=keys, args=[connection_id]))
 
     def sweep(self, shard: int, *, now: float | None = None, limit: int = 500) -> int:
@@ -282,7 +286,8 @@ class ConnectionRegistry:
         shard = self.shard(connection_id)
         reply = self._subscribe(
             keys=[names.ws_conn_key(connection_id), names.ws_conn_keys_key(connection_id),
-                  names.ws_shard_refs_key(shard), names.ws_conn_sent_key(connection_id)],
+                  names.ws_shard_refs_key(shard), names.ws_conn_sent_key(connection_id),
+                  names.WS_REFS_EPOCH_KEY],
             args=[self.max_keys, self._expire_at(connection_id), *keys],
         )
         status, total = int(reply[0]), int(reply[1])
@@ -298,7 +303,8 @@ class ConnectionRegistry:
         shard = self.shard(connection_id)
         reply = self._unsubscribe(
             keys=[names.ws_conn_keys_key(connection_id), names.ws_shard_refs_key(shard),
-                  names.ws_conn_sent_key(connection_id), names.ws_conn_pending_key(connection_id)],
+                  names.ws_conn_sent_key(connection_id), names.ws_conn_pending_key(connection_id),
+                  names.WS_REFS_EPOCH_KEY],
             args=list(keys),
         )
         return [_text(k) for k in reply]

@@ -40,6 +40,8 @@ DEFAULT_BUDGET_PER_SECOND = 5000.0
 # How often every shard is invoked even without updates (sweeps expired connections).
 HOUSEKEEPING_SECONDS = 60.0
 HEARTBEAT_SECONDS = 10.0
+# Refs are re-read at least this often even when the epoch says nothing changed.
+REFS_MAX_AGE_SECONDS = 30.0
 
 
 class Conflator:
@@ -95,18 +97,31 @@ def next_window(current: float, expected_posts: float, *, budget_per_second: flo
 def expected_posts(updated: Iterable[str], refs: Mapping[int, Mapping[str, int]],
                    live: Mapping[int, int]) -> int:
     """Upper bound of connections with >= 1 changed key: per shard min(connections, sum refs)."""
-    keys = list(updated)
+    keys = set(updated)
     total = 0
     for shard, counts in refs.items():
-        wanted = sum(counts.get(k, 0) for k in keys)
-        total += min(live.get(shard, 0), wanted)
+        connections = live.get(shard, 0)
+        wanted = 0
+        for key in keys & counts.keys():
+            wanted += counts[key]
+            if wanted >= connections:
+                break
+        total += min(connections, wanted)
     return total
 
 
 def split_payloads(base: dict[str, Any], updates: list[Update], *,
-                   max_bytes: int = MAX_PAYLOAD_BYTES) -> list[dict[str, Any]]:
-    """One payload, or as many as keep each under `max_bytes` (Lambda's async limit)."""
+                   max_bytes: int = MAX_PAYLOAD_BYTES,
+                   sizes: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+    """One payload, or as many as keep each under `max_bytes` (Lambda's async limit).
+
+    `sizes` (encoded bytes per update key, when the caller has them) spares encoding the
+    whole payload just to learn that it fits, which is almost always."""
     whole = {**base, "updates": updates}
+    if sizes is not None:
+        estimate = len(dumps(base)) + 16 + sum(sizes[u["key"]] + 1 for u in updates)
+        if estimate <= max_bytes:
+            return [whole]
     size = len(dumps(whole))
     if size <= max_bytes or len(updates) <= 1:
         return [whole]
@@ -252,6 +267,8 @@ class RelayBridge:
         self._last_housekeeping = 0.0
         self._last_heartbeat = 0.0
         self._resync_needed = False
+        # (epoch, shards, refs per shard, read at): see _read_shards.
+        self._refs_cache: tuple[Any, list[int], dict[int, dict[str, int]], float] | None = None
         self.subscribed = asyncio.Event()
 
     # --- run ----------------------------------------------------------------------------------
@@ -278,6 +295,8 @@ class RelayBridge:
         # runs first); messages published meanwhile are gone, so the prices must be re-read.
         self.stats.reconnects += 1
         self._resync_needed = True
+        # A restarted Redis may count the epoch up to the cached value again with other refs.
+        self._refs_cache = None
 
     async def _read_forever(self) -> None:
         attempt = 0
@@ -387,35 +406,57 @@ class RelayBridge:
             # Windows are measured from their start, so a slow close does not add drift.
             deadline = closing + self.window
 
-    async def _read_shards(self, latest: Mapping[str, Update] | None = None
+    async def _read_shards(self, latest: Mapping[str, bytes] | None = None
                            ) -> tuple[dict[int, dict[str, int]], dict[int, int]]:
-        """(refs per shard, live connections per shard); writes `latest` first when given."""
+        """(refs per shard, live connections per shard); writes `latest` (key -> update JSON)
+        first when given.
+
+        The refs are re-read only when `ws:refs:epoch` moved (every subscribe, unsubscribe and
+        removal bumps it in the same script) or the cache is old: decoding every shard's refs
+        each window cost more CPU than the rest of the window. The epoch is read after `latest`
+        is written, so a subscription recorded before that read is in this window's refs and
+        one recorded after it finds this window's values in its snapshot."""
         pipe = self._redis.pipeline(transaction=False)
         if latest:
-            pipe.hset(names.WS_LATEST_KEY, mapping={k: dumps(dict(u)) for k, u in latest.items()})
+            pipe.hset(names.WS_LATEST_KEY, mapping=latest)
             pipe.expire(names.WS_LATEST_KEY, names.WS_LATEST_TTL_SECONDS)
         pipe.smembers(names.WS_SHARDS_KEY)
+        pipe.get(names.WS_REFS_EPOCH_KEY)
         replies = await pipe.execute()
-        shards = sorted(int(s) for s in replies[-1])
+        shards = sorted(int(s) for s in replies[-2])
+        epoch = replies[-1]
         if not shards:
             return {}, {}
         now = time.time()
+        fresh = (self._refs_cache is not None and self._refs_cache[0] == epoch
+                 and self._refs_cache[1] == shards
+                 and time.monotonic() - self._refs_cache[3] < REFS_MAX_AGE_SECONDS)
         pipe = self._redis.pipeline(transaction=False)
         for shard in shards:
-            pipe.hgetall(names.ws_shard_refs_key(shard))
+            if not fresh:
+                pipe.hgetall(names.ws_shard_refs_key(shard))
             pipe.zcount(names.ws_shard_key(shard), f"({now}", "+inf")
         replies = await pipe.execute()
-        refs: dict[int, dict[str, int]] = {}
         live: dict[int, int] = {}
+        if fresh:
+            assert self._refs_cache is not None
+            refs = self._refs_cache[2]
+            for shard, count in zip(shards, replies, strict=True):
+                live[shard] = int(count)
+            return refs, live
+        refs = {}
         for i, shard in enumerate(shards):
             refs[shard] = {_text(k): int(v) for k, v in replies[2 * i].items() if int(v) > 0}
             live[shard] = int(replies[2 * i + 1])
+        self._refs_cache = (epoch, shards, refs, time.monotonic())
         return refs, live
 
     async def close_window(self) -> list[dict[str, Any]]:
         """Close the current window: publish its values, invoke the fan-outs, adapt."""
         window = self.conflator.drain()
-        refs, live = await self._read_shards(window)
+        encoded = {k: dumps(dict(u)) for k, u in window.items()}
+        refs, live = await self._read_shards(encoded)
+        sizes = {k: len(v) for k, v in encoded.items()}
         pending = {int(s) for s in await self._redis.spop(names.WS_PENDING_SHARDS_KEY, 10_000)
                    or []}
         now = time.time()
@@ -426,11 +467,12 @@ class RelayBridge:
         payloads: list[dict[str, Any]] = []
         for shard in sorted(set(refs) | pending):
             wanted = refs.get(shard, {})
-            updates = [u for k, u in window.items() if k in wanted]
+            updates = [window[k] for k in window.keys() & wanted.keys()]
             if not updates and shard not in pending and not housekeeping:
                 continue
             base = {"shard": shard, "window": self._sequence, "published_at": now}
-            payloads.extend(split_payloads(base, updates, max_bytes=self._max_payload))
+            payloads.extend(split_payloads(base, updates, max_bytes=self._max_payload,
+                                           sizes=sizes))
         results = await asyncio.gather(*(self._invoker.invoke(p) for p in payloads),
                                        return_exceptions=True)
         for result in results:

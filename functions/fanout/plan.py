@@ -7,7 +7,7 @@ would pass `max_bytes` (API Gateway meters in 32 KB units) is split.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -15,10 +15,6 @@ import orjson
 from core.messages import BATCH_UPDATE, SOURCE_WEBSOCKET
 
 Update = Mapping[str, Any]
-
-_ENVELOPE = len(orjson.dumps({"type": BATCH_UPDATE, "timestamp": "2026-01-01T00:00:00.000Z",
-                              "source": SOURCE_WEBSOCKET, "updates": []}))
-
 
 def valid_version(update: Update) -> bool:
     version = update.get("version")
@@ -56,23 +52,44 @@ def select_updates(window: Mapping[str, Update], keys: frozenset[str] | set[str]
     return chosen
 
 
-def build_messages(updates: Sequence[Update], *, timestamp: str, max_bytes: int) -> list[bytes]:
-    """One batch message, or as few as fit `max_bytes` each when it would be larger."""
-    envelope: dict[str, Any] = {"type": BATCH_UPDATE, "timestamp": timestamp,
-                                "source": SOURCE_WEBSOCKET, "updates": list(updates)}
-    whole = orjson.dumps(envelope)
-    if len(whole) <= max_bytes:
-        return [whole]
+def window_encoder(window: Mapping[str, Update]) -> Callable[[Update], bytes]:
+    """`encode` for `build_messages`: each window update is encoded once, however many
+    connections get it; anything else (a carried-over update) is encoded when asked."""
+    encoded: dict[str, bytes] = {}
+
+    def encode(update: Update) -> bytes:
+        key = update.get("key")
+        if not isinstance(key, str) or window.get(key) is not update:
+            return orjson.dumps(update)
+        item = encoded.get(key)
+        if item is None:
+            item = encoded[key] = orjson.dumps(update)
+        return item
+
+    return encode
+
+
+def build_messages(updates: Sequence[Update], *, timestamp: str, max_bytes: int,
+                   encode: Callable[[Update], bytes] = orjson.dumps) -> list[bytes]:
+    """One batch message, or as few as fit `max_bytes` each when it would be larger.
+
+    The bytes equal `orjson.dumps` of the envelope; `encode` may answer an update's JSON from a
+    per-window cache, since the same update goes to many connections."""
+    head = orjson.dumps({"type": BATCH_UPDATE, "timestamp": timestamp,
+                         "source": SOURCE_WEBSOCKET})[:-1] + b',"updates":['
+    items = [encode(update) for update in updates]
+    size = len(head) + 2 + sum(len(item) for item in items) + max(0, len(items) - 1)
+    if size <= max_bytes:
+        return [head + b",".join(items) + b"]}"]
     messages: list[bytes] = []
-    chunk: list[Update] = []
-    size = _ENVELOPE
-    for update in updates:
-        item = len(orjson.dumps(update)) + 1
-        if chunk and size + item > max_bytes:
-            messages.append(orjson.dumps({**envelope, "updates": chunk}))
-            chunk, size = [], _ENVELOPE
-        chunk.append(update)
-        size += item
+    chunk: list[bytes] = []
+    size = len(head) + 2
+    for item in items:
+        if chunk and size + len(item) + 1 > max_bytes:
+            messages.append(head + b",".join(chunk) + b"]}")
+            chunk, size = [], len(head) + 2
+        chunk.append(item)
+        size += len(item) + (1 if len(chunk) > 1 else 0)
     if chunk:
-        messages.append(orjson.dumps({**envelope, "updates": chunk}))
+        messages.append(head + b",".join(chunk) + b"]}")
     return messages

@@ -38,9 +38,13 @@ class InProcessManagement:
         self._timeout = timeout
 
     def post_to_connection(self, *, Data: bytes, ConnectionId: str) -> Any:  # noqa: N803
-        future = asyncio.run_coroutine_threadsafe(
-            self._gateway.post(ConnectionId, bytes(Data)), self._loop)
-        result = future.result(self._timeout)
+        if self._gateway.config.post_latency:
+            # The added round trip is the point of that setting: wait for it.
+            future = asyncio.run_coroutine_threadsafe(
+                self._gateway.post(ConnectionId, bytes(Data)), self._loop)
+            result = future.result(self._timeout)
+        else:
+            result = self._gateway.post_nowait(ConnectionId, bytes(Data))
         if result.status != 200:
             response: Any = {"Error": {"Code": result.error, "Message": result.message},
                              "ResponseMetadata": {"HTTPStatusCode": result.status}}

@@ -21,6 +21,7 @@ import http
 import logging
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any], Any], Any]
 
 MAX_MESSAGE_BYTES = 128 * 1024
+# Unsent bytes a connection may hold before posts to it are refused with 429.
+MAX_CLIENT_BUFFER_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,11 @@ class _Connection:
     watchdog: asyncio.Task[None] | None = None
 
 
+# A posted message as it goes out: its bytes and whether they are sent as a text frame.
+_Frame = tuple[bytes, bool]
+_NO_FRAME: _Frame = (b"", False)
+
+
 @dataclass(frozen=True, slots=True)
 class PostResult:
     status: int
@@ -138,6 +146,10 @@ class LocalApiGateway:
         self.throttle = Throttle()
         self.connections: dict[str, _Connection] = {}
         self.posts = 0
+        # Posts arrive from fan-out threads as well as the loop (throttle, counter, outbox).
+        self._post_lock = threading.Lock()
+        self._outbox: list[tuple[_Connection, _Frame]] = []
+        self._outbox_scheduled = False
         self._handshakes: dict[int, ConnectionInfo] = {}
         self._ws_server: Server | None = None
         self._http: uvicorn.Server | None = None
@@ -304,30 +316,75 @@ class LocalApiGateway:
 
     # --- @connections -------------------------------------------------------------------------
 
-    async def post(self, connection_id: str, data: bytes) -> PostResult:
-        """PostToConnection, as the HTTP endpoint and the in-process client perform it."""
-        if self.config.post_latency:
-            await asyncio.sleep(self.config.post_latency)
+    def _accept(self, connection_id: str, data: bytes
+                ) -> tuple[PostResult, _Connection | None, _Frame]:
+        """The checks API Gateway makes before it takes a message (caller holds `_post_lock`)."""
         if not self.throttle.admit():
-            return PostResult(429, "LimitExceededException", "Rate exceeded")
+            return PostResult(429, "LimitExceededException", "Rate exceeded"), None, _NO_FRAME
         conn = self.connections.get(connection_id)
         if conn is None:
-            return PostResult(410, "GoneException", "")
+            return PostResult(410, "GoneException", ""), None, _NO_FRAME
         if len(data) > self.config.max_message_bytes:
-            return PostResult(413, "PayloadTooLargeException",
-                              f"Message too long. Max size is {self.config.max_message_bytes}")
+            return (PostResult(413, "PayloadTooLargeException",
+                               f"Message too long. Max size is {self.config.max_message_bytes}"),
+                    None, _NO_FRAME)
+        transport = conn.socket.transport
+        if transport is not None and transport.get_write_buffer_size() > MAX_CLIENT_BUFFER_BYTES:
+            # A client that stopped reading: refuse instead of buffering without bound; the
+            # fan-out treats it as a throttle and carries the update into a later message.
+            return PostResult(429, "LimitExceededException", "Client buffer full"), None, _NO_FRAME
         try:
-            text = data.decode()
+            data.decode()
         except UnicodeDecodeError:
-            frame: str | bytes = data
-        else:
-            frame = text
+            return PostResult(200), conn, (data, False)
+        # Valid UTF-8 goes out as a text frame (as API Gateway sends posted JSON), without
+        # decoding and re-encoding it.
+        return PostResult(200), conn, (data, True)
+
+    async def post(self, connection_id: str, data: bytes) -> PostResult:
+        """PostToConnection, as the HTTP endpoint performs it: answered once sent."""
+        if self.config.post_latency:
+            await asyncio.sleep(self.config.post_latency)
+        with self._post_lock:
+            result, conn, frame = self._accept(connection_id, data)
+        if conn is None:
+            return result
         try:
-            await conn.socket.send(frame)
+            await conn.socket.send(frame[0], text=frame[1])
         except ConnectionClosed:
             return PostResult(410, "GoneException", "")
-        self.posts += 1
-        return PostResult(200)
+        with self._post_lock:
+            self.posts += 1
+        return result
+
+    def post_nowait(self, connection_id: str, data: bytes) -> PostResult:
+        """PostToConnection from any thread, answered as soon as the message is accepted (as
+        AWS answers 200 before the client has it): the send runs later on the gateway's loop.
+
+        The in-process fan-out posts this way: waiting for the loop on every post made the
+        round trip between threads, not CPU, the limit of the local stack's post rate."""
+        if self.loop is None:
+            return PostResult(410, "GoneException", "")
+        with self._post_lock:
+            result, conn, frame = self._accept(connection_id, data)
+            if conn is None:
+                return result
+            self.posts += 1
+            self._outbox.append((conn, frame))
+            if self._outbox_scheduled:
+                return result
+            self._outbox_scheduled = True
+        self.loop.call_soon_threadsafe(self._send_outbox)
+        return result
+
+    def _send_outbox(self) -> None:
+        with self._post_lock:
+            batch, self._outbox = self._outbox, []
+            self._outbox_scheduled = False
+        for conn, frame in batch:
+            # One task per message: a client that is slow to drain delays only its own sends.
+            task = asyncio.ensure_future(conn.socket.send(frame[0], text=frame[1]))
+            task.add_done_callback(_ignore_closed)
 
     async def _connections_endpoint(self, request: HttpRequest) -> Response:
         stage = request.path_params["stage"]
@@ -380,3 +437,9 @@ def _with_authorizer(info: ConnectionInfo, context: Mapping[str, Any]) -> Connec
     from dataclasses import replace
 
     return replace(info, authorizer=context)
+
+
+def _ignore_closed(task: asyncio.Future[None]) -> None:
+    # A connection closing while its message waits to be sent loses that message, as on AWS.
+    if not task.cancelled() and not isinstance(task.exception(), ConnectionClosed | None):
+        log.warning("sending a posted message failed: %r", task.exception())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from functions.fanout.plan import build_messages, index_window, select_updates
 from functions.ws.protocol import ProtocolError, parse_client_message
@@ -72,4 +74,32 @@ def test_messages_split_only_past_the_limit() -> None:
     assert len(orjson.loads(single)["updates"]) == 10
     parts = build_messages(updates, timestamp="t", max_bytes=4096)
     assert all(len(p) <= 4096 for p in parts)
+    assert [u for p in parts for u in orjson.loads(p)["updates"]] == updates
+
+
+_UPDATES = st.lists(
+    st.builds(update, st.from_regex(r"NSE_EQ:[0-9]{1,6}", fullmatch=True),
+              st.integers(0, 2**62), st.floats(0.05, 1e6, allow_nan=False)),
+    max_size=60)
+
+
+@given(updates=_UPDATES, limit=st.integers(200, 5000))
+def test_messages_are_the_envelope_orjson_would_write_and_split_exactly_at_the_limit(
+    updates: list[dict[str, object]], limit: int
+) -> None:
+    cache = {id(u): orjson.dumps(u) for u in updates}
+    parts = build_messages(updates, timestamp="2026-11-26T09:15:00.000Z", max_bytes=limit,
+                           encode=lambda u: cache[id(u)])
+    whole = orjson.dumps({"type": "screener_ltp_batch_update",
+                          "timestamp": "2026-11-26T09:15:00.000Z", "source": "websocket",
+                          "updates": updates})
+    if len(whole) <= limit:
+        assert parts == [whole]
+    else:
+        assert len(parts) == 1 if len(updates) == 1 else len(parts) > 1
+        assert all(len(p) <= limit or len(orjson.loads(p)["updates"]) == 1 for p in parts)
+        # Greedy: the first update of every later part would not have fitted the previous one.
+        for before, after in zip(parts, parts[1:], strict=False):
+            first = orjson.dumps(orjson.loads(after)["updates"][0])
+            assert len(before) + 1 + len(first) > limit
     assert [u for p in parts for u in orjson.loads(p)["updates"]] == updates

@@ -101,6 +101,16 @@ def test_payloads_split_under_the_lambda_limit() -> None:
     assert {p["shard"] for p in parts} == {3}
 
 
+def test_known_update_sizes_decide_the_split_without_encoding_the_whole_payload() -> None:
+    updates = [update(f"NSE_FNO:{i}", 1, 100.0) for i in range(5000)]
+    sizes = {u["key"]: len(dumps(dict(u))) for u in updates}
+    assert len(split_payloads({"shard": 3}, updates[:100], max_bytes=100_000, sizes=sizes)) == 1
+    parts = split_payloads({"shard": 3}, updates, max_bytes=100_000, sizes=sizes)
+    assert len(parts) > 1
+    assert all(len(dumps(p)) <= 100_000 for p in parts)
+    assert [u for p in parts for u in p["updates"]] == updates
+
+
 async def test_windows_invoke_each_shard_with_its_own_newest_updates(
     aredis: aioredis.Redis, redis_client: redis.Redis
 ) -> None:
@@ -133,6 +143,36 @@ async def test_windows_invoke_each_shard_with_its_own_newest_updates(
     assert 0 < redis_client.ttl(names.WS_LATEST_KEY) <= names.WS_LATEST_TTL_SECONDS
     pairs = [(p["window"], p["shard"]) for p in invoker.payloads]
     assert len(pairs) == len(set(pairs))
+
+
+async def test_a_subscription_change_reaches_the_next_window_though_refs_are_cached(
+    aredis: aioredis.Redis, redis_client: redis.Redis
+) -> None:
+    registry = ConnectionRegistry(redis=redis_client, shards=1)
+    registry.connect("c0", meta={})
+    registry.subscribe("c0", ["NSE_EQ:1"])
+    invoker = RecordingInvoker()
+    bridge = RelayBridge(redis=aredis, invoker=invoker, min_window=10, max_window=10,
+                         housekeeping_seconds=3600)
+    version = 0
+
+    async def window() -> set[str]:
+        nonlocal version
+        version += 1
+        invoker.payloads.clear()
+        for key in ("NSE_EQ:1", "NSE_EQ:2"):
+            bridge.conflator.add(update(key, version, 100.0 + version))
+        await bridge.close_window()
+        return {k for _, k, _, _ in invoker.updates()}
+
+    assert await window() == {"NSE_EQ:1"}
+    assert await window() == {"NSE_EQ:1"}  # served from the cache
+    registry.subscribe("c0", ["NSE_EQ:2"])
+    assert await window() == {"NSE_EQ:1", "NSE_EQ:2"}
+    registry.unsubscribe("c0", ["NSE_EQ:1"])
+    assert await window() == {"NSE_EQ:2"}
+    registry.remove("c0")
+    assert await window() == set()
 
 
 async def test_pending_and_housekeeping_shards_are_invoked_without_updates(
