@@ -52,6 +52,8 @@ async def serve_stack(redis_url: str, budget: float, min_window: float, max_wind
     import redis
     import redis.asyncio as aioredis
 
+    if os.environ.get("BENCH_SWITCH"):
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
     from functions.fanout.core import Fanout
     from functions.registry import ConnectionRegistry
     from functions.ws.app import WsApp
@@ -81,7 +83,7 @@ async def serve_stack(redis_url: str, budget: float, min_window: float, max_wind
         starts.append((started - payload["published_at"], result.duration))
         return result
 
-    invoker = LocalInvoker(run=run)
+    invoker = LocalInvoker(run=run, threads=int(os.environ.get("BENCH_INVOKER_THREADS", "8")))
     windows: list[float] = []
     async with aioredis.Redis.from_url(redis_url) as aclient:
         bridge = RelayBridge(redis=aclient, invoker=invoker, budget_per_second=budget,
@@ -168,7 +170,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_clients(ws_url: str, clients: int, seconds: float, warmup: float,
-                      stack: subprocess.Popen[str]) -> dict[str, Any]:
+                      stack: subprocess.Popen[str], others: dict[str, int]) -> dict[str, Any]:
     import orjson
     from websockets.asyncio.client import connect
 
@@ -210,6 +212,7 @@ async def run_clients(ws_url: str, clients: int, seconds: float, warmup: float,
     loop = asyncio.get_running_loop()
     before = await loop.run_in_executor(None, ask, stack)
     cpu0 = cpu_seconds(os.getpid())
+    others0 = {name: cpu_seconds(pid) for name, pid in others.items()}
     measuring = True
     started = time.time()
     await asyncio.sleep(seconds)
@@ -217,6 +220,7 @@ async def run_clients(ws_url: str, clients: int, seconds: float, warmup: float,
     ended = time.time()
     after = await loop.run_in_executor(None, ask, stack)
     cpu = cpu_seconds(os.getpid()) - cpu0
+    others_cpu = {name: cpu_seconds(pid) - others0[name] for name, pid in others.items()}
     for task in readers:
         task.cancel()
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
@@ -232,6 +236,7 @@ async def run_clients(ws_url: str, clients: int, seconds: float, warmup: float,
         worst = max([worst, *per_window.values()])
     return {"latencies": latencies, "counts": counts, "before": before, "after": after,
             "elapsed": ended - started, "client_cpu": cpu, "worst_per_window": worst,
+            "others_cpu": others_cpu,
             "snapshots": counts["snapshots"]}
 
 
@@ -256,8 +261,10 @@ def run_once(args: argparse.Namespace, redis_url: str, clients: int) -> dict[str
                           "--workers", str(args.workers)]
             with process(stack_argv, stdin=True) as stack:
                 ws_url = json.loads(read_until(stack, "{"))["ws_url"]
+                redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
+                others = {"simulator": sim.pid, "streamer": streamer.pid, "redis": redis_pid}
                 result = asyncio.run(run_clients(ws_url, clients, args.seconds, args.warmup,
-                                                 stack))
+                                                 stack, others))
                 result["pids"] = {"sim": sim.pid, "streamer": streamer.pid, "stack": stack.pid}
                 return result
 
@@ -298,6 +305,8 @@ def report(clients: int, result: dict[str, Any], min_window: float) -> None:
           f"{result['client_cpu'] / elapsed * 100:.0f} %; fan-out errors "
           f"{after['fanout_errors']}, reader errors {after['reader_errors']}; windows folded "
           f"into a busy shard's next run {after['folded'] - before['folded']}")
+    print("  other CPU                 " + ", ".join(
+        f"{name} {cpu / elapsed * 100:.0f} %" for name, cpu in result["others_cpu"].items()))
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -120,6 +121,7 @@ class _Connection:
     connected_at: float
     last_active: float
     watchdog: asyncio.Task[None] | None = None
+    queued: int = 0  # bytes accepted by post_nowait and not yet handed to the socket
 
 
 # A posted message as it goes out: its bytes and whether they are sent as a text frame.
@@ -329,7 +331,8 @@ class LocalApiGateway:
                                f"Message too long. Max size is {self.config.max_message_bytes}"),
                     None, _NO_FRAME)
         transport = conn.socket.transport
-        if transport is not None and transport.get_write_buffer_size() > MAX_CLIENT_BUFFER_BYTES:
+        unsent = conn.queued + (transport.get_write_buffer_size() if transport is not None else 0)
+        if unsent > MAX_CLIENT_BUFFER_BYTES:
             # A client that stopped reading: refuse instead of buffering without bound; the
             # fan-out treats it as a throttle and carries the update into a later message.
             return PostResult(429, "LimitExceededException", "Client buffer full"), None, _NO_FRAME
@@ -370,6 +373,7 @@ class LocalApiGateway:
             if conn is None:
                 return result
             self.posts += 1
+            conn.queued += len(data)
             self._outbox.append((conn, frame))
             if self._outbox_scheduled:
                 return result
@@ -384,7 +388,12 @@ class LocalApiGateway:
         for conn, frame in batch:
             # One task per message: a client that is slow to drain delays only its own sends.
             task = asyncio.ensure_future(conn.socket.send(frame[0], text=frame[1]))
-            task.add_done_callback(_ignore_closed)
+            task.add_done_callback(partial(self._sent, conn, len(frame[0])))
+
+    def _sent(self, conn: _Connection, size: int, task: asyncio.Future[None]) -> None:
+        with self._post_lock:
+            conn.queued -= size
+        _ignore_closed(task)
 
     async def _connections_endpoint(self, request: HttpRequest) -> Response:
         stage = request.path_params["stage"]

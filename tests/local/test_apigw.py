@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from local.apigw import GatewayConfig, Handlers, LocalApiGateway
 from local.apigw.client import InProcessManagement, boto3_client
+from local.apigw.gateway import MAX_CLIENT_BUFFER_BYTES
 from tests.realtime_support import wait_for
 
 EVENTS = Path(__file__).parent.parent / "events"
@@ -171,6 +172,40 @@ async def test_in_process_client_raises_the_same_errors() -> None:
             with pytest.raises(ClientError) as gone:
                 await asyncio.to_thread(api.post_to_connection, ConnectionId="x", Data=b"hi")
             assert gone.value.response["Error"]["Code"] == "GoneException"
+
+
+async def test_in_process_posts_keep_order_and_a_client_that_stops_reading_gets_429() -> None:
+    async with LocalApiGateway(Recorder().handlers()) as gateway:
+        api = InProcessManagement(gateway)
+        async with connect(gateway.ws_url, max_size=None, max_queue=1, close_timeout=0.5) as ws:
+            (cid,) = gateway.connections
+
+            def post_many(n: int, size: int) -> list[str]:
+                codes = []
+                for i in range(n):
+                    body = f"{i:06d}".encode() + b"x" * (size - 6)
+                    try:
+                        api.post_to_connection(ConnectionId=cid, Data=body)
+                        codes.append("ok")
+                    except ClientError as exc:
+                        codes.append(exc.response["Error"]["Code"])
+                return codes
+
+            assert await asyncio.to_thread(post_many, 50, 100) == ["ok"] * 50
+            received = [await asyncio.wait_for(ws.recv(), 5) for _ in range(50)]
+            assert [int(str(m)[:6]) for m in received] == list(range(50))  # in order, all
+            # Now the client reads nothing: once its unsent bytes pass the gateway's bound the
+            # posts are refused as throttled instead of buffering without end.
+            codes: list[str] = []
+            while "LimitExceededException" not in codes and len(codes) < 400:  # <= 48 MB
+                codes += await asyncio.to_thread(post_many, 20, 120_000)
+            codes += await asyncio.to_thread(post_many, 20, 120_000)
+            assert codes[0] == "ok"
+            assert set(codes) == {"ok", "LimitExceededException"}
+            # What the gateway holds for the client stays bounded (one message over the mark).
+            await asyncio.sleep(0.1)  # let the accepted sends reach the transport
+            transport = gateway.connections[cid].socket.transport
+            assert transport.get_write_buffer_size() <= MAX_CLIENT_BUFFER_BYTES + 128 * 1024
 
 
 async def test_idle_and_maximum_durations_close_connections() -> None:
