@@ -52,8 +52,6 @@ async def serve_stack(redis_url: str, budget: float, min_window: float, max_wind
     import redis
     import redis.asyncio as aioredis
 
-    if os.environ.get("BENCH_SWITCH"):
-        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
     from functions.fanout.core import Fanout
     from functions.registry import ConnectionRegistry
     from functions.ws.app import WsApp
@@ -83,7 +81,7 @@ async def serve_stack(redis_url: str, budget: float, min_window: float, max_wind
         starts.append((started - payload["published_at"], result.duration))
         return result
 
-    invoker = LocalInvoker(run=run, threads=int(os.environ.get("BENCH_INVOKER_THREADS", "8")))
+    invoker = LocalInvoker(run=run)
     windows: list[float] = []
     async with aioredis.Redis.from_url(redis_url) as aclient:
         bridge = RelayBridge(redis=aclient, invoker=invoker, budget_per_second=budget,
