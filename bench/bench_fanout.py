@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,34 @@ async def serve(connections: int, latency: float) -> None:
     await gateway.stop()
 
 
+# --- a fan-out "sandbox" process (Lambda-shaped mode) ---------------------------------------------
+
+def serve_fanout(callback_url: str, redis_url: str, shards: int, workers: int) -> None:
+    """One warm fan-out process, as one Lambda sandbox: its own boto3 client, Redis client and
+    `Fanout`. Per line of JSON payloads it runs them side by side (one thread per payload, as
+    concurrent invocations would) and answers one line of results."""
+    import redis
+
+    from functions.fanout.core import Fanout
+    from functions.registry import ConnectionRegistry
+
+    client = redis.Redis.from_url(redis_url)
+    fanout = Fanout(registry=ConnectionRegistry(redis=client, shards=shards),
+                    management=management(callback_url, workers), max_workers=workers,
+                    retry_seconds=1.0)
+    print(json.dumps({"ready": os.getpid()}), flush=True)
+    for line in sys.stdin:
+        payloads = json.loads(line)
+        sys.stdin.readline()  # "go": the parent starts every process at once
+        cpu0 = cpu_seconds(os.getpid())
+        with ThreadPoolExecutor(max_workers=max(1, len(payloads))) as pool:
+            results = list(pool.map(fanout.run, payloads))
+        print(json.dumps({"posts": sum(r.posts for r in results),
+                          "recipients": sum(r.recipients for r in results),
+                          "cpu": cpu_seconds(os.getpid()) - cpu0}), flush=True)
+    fanout.close()
+
+
 # --- the measuring process -----------------------------------------------------------------------
 
 def management(callback_url: str, pool: int) -> Any:
@@ -112,14 +141,25 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--keys-per-connection", type=int, default=50)
     parser.add_argument("--latency", type=float, default=0.010)
-    parser.add_argument("--workers", type=int, nargs="+", default=[64])
+    parser.add_argument("--workers", type=int, nargs="+", default=[32])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shards", type=int, default=16,
+                        help="connection shards (WS_SHARDS); the Lambda-shaped mode invokes one "
+                             "fan-out per shard")
+    parser.add_argument("--processes", type=int, nargs="*", default=[2],
+                        help="Lambda-shaped mode: the shards' fan-outs run in this many warm "
+                             "processes at once (0 or none: skip)")
     parser.add_argument("--redis-url", default=None,
                         help="default: a private redis-server (its DB is flushed)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-fanout", nargs=2, metavar=("CALLBACK", "REDIS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(serve(args.connections, args.latency))
+        return
+    if args.serve_fanout:
+        serve_fanout(*args.serve_fanout, args.shards, args.workers[0])
         return
 
     import redis
@@ -202,6 +242,57 @@ def main() -> None:
                 assert delivered() - before == result.posts, "fan-out posts not all delivered"
                 rows.append((f"fanout, {workers} workers", result.posts, wall, cpu, gw_cpu))
             fanout.close()
+
+        # Lambda-shaped: the same connections over `--shards` shards, one fan-out per shard,
+        # run at once by warm processes (Lambda runs each invocation in its own sandbox).
+        if any(args.processes):
+            sharded = ConnectionRegistry(redis=client, shards=args.shards)
+            for cid, keys in subscriptions.items():
+                registry.remove(cid, shard=0)
+                sharded.connect(cid, meta={})
+                sharded.subscribe(cid, sorted(keys))
+        for count, workers in ((n, w) for n in args.processes if n > 0 for w in args.workers):
+            name = f"{args.shards} shards, {count}x{workers}"
+            procs = [subprocess.Popen(
+                [sys.executable, __file__, "--serve-fanout", info["callback_url"], handle.url,
+                 "--shards", str(args.shards), "--workers", str(workers)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                for _ in range(count)]
+            try:
+                for proc in procs:
+                    assert proc.stdout is not None
+                    json.loads(proc.stdout.readline())  # ready
+                for round_ in range(args.rounds + 1):  # the first round warms the processes
+                    version += 1
+                    shares: list[list[dict[str, Any]]] = [[] for _ in procs]
+                    for shard in range(args.shards):
+                        shares[shard % count].append({"shard": shard,
+                                                      "updates": window(version)})
+                    for proc, share in zip(procs, shares, strict=True):
+                        assert proc.stdin is not None
+                        proc.stdin.write(json.dumps(share) + "\n")
+                        proc.stdin.flush()
+                    time.sleep(0.5)  # every process has parsed its payloads
+                    before = delivered()
+                    gw0, t0 = cpu_seconds(server.pid), time.perf_counter()
+                    for proc in procs:
+                        assert proc.stdin is not None
+                        proc.stdin.write("go\n")
+                        proc.stdin.flush()
+                    answers = [json.loads(proc.stdout.readline()) for proc in procs
+                               if proc.stdout is not None]
+                    wall = time.perf_counter() - t0
+                    gw_cpu = cpu_seconds(server.pid) - gw0
+                    posts = sum(a["posts"] for a in answers)
+                    assert posts == sum(a["recipients"] for a in answers) == len(info["ids"])
+                    assert delivered() - before == posts, "fan-out posts not all delivered"
+                    if round_:
+                        rows.append((name, posts, wall, sum(a["cpu"] for a in answers), gw_cpu))
+            finally:
+                for proc in procs:
+                    if proc.stdin is not None:
+                        proc.stdin.close()
+                    proc.wait(30)
         client.flushdb()
         client.close()
     server.stdin.close()
@@ -215,13 +306,15 @@ def main() -> None:
         print(f"{name:<24}{posts:>7}{wall:>9.2f}{rate:>10.0f}{cpu:>8.2f}"
               f"{posts / cpu if cpu else float('inf'):>13.0f}{rate / base_rate:>14.1f}"
               f"{gw_cpu:>15.2f}")
-    fan = rows[1:]
-    best = max(r[1] / r[2] for r in fan)
-    median = sorted(r[1] / r[2] for r in fan)[len(fan) // 2]
-    print(f"\nfan-out post rate: median {median:.0f}/s, best {best:.0f}/s = "
-          f"{median / base_rate:.1f}x / {best / base_rate:.1f}x the sequential loop "
-          f"({base_rate:.0f}/s)")
-
+    for label, fan in (("one process", [r for r in rows[1:] if "shards" not in r[0]]),
+                       ("Lambda-shaped", [r for r in rows[1:] if "shards" in r[0]])):
+        if not fan:
+            continue
+        rates = sorted(r[1] / r[2] for r in fan)
+        median, best = rates[len(rates) // 2], rates[-1]
+        print(f"fan-out post rate, {label}: median {median:.0f}/s, best {best:.0f}/s = "
+              f"{median / base_rate:.1f}x / {best / base_rate:.1f}x the sequential loop "
+              f"({base_rate:.0f}/s)")
 
 if __name__ == "__main__":
     main()

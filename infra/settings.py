@@ -25,7 +25,7 @@ reader casts and validates, and a bad value fails the synth with the context key
 | ltp:fanoutMemoryMiB | 1024 | memory of the fan-out function |
 | ltp:fanoutTimeoutSeconds | 10 | fan-out timeout (one window's posts) |
 | ltp:fanoutReservedConcurrency | 20 | reserved concurrency of the fan-out; 0 = none reserved |
-| ltp:fanoutMaxWorkers | 64 | concurrent posts inside one fan-out invocation |
+| ltp:fanoutMaxWorkers | 32 | concurrent posts inside one fan-out invocation |
 | ltp:postBudgetPerSecond | 5000 | PostToConnection budget the bridge sizes its window to |
 | ltp:wsShards | 16 | connection shards (one fan-out invocation per shard per window) |
 | ltp:wsStageName | live | WebSocket API stage |
@@ -77,7 +77,7 @@ class DeploySettings:
     fanout_memory_mib: int = 1024
     fanout_timeout_seconds: int = 10
     fanout_reserved_concurrency: int = 20
-    fanout_max_workers: int = 64
+    fanout_max_workers: int = 32
     post_budget_per_second: int = 5000
     ws_shards: int = 16
     ws_stage_name: str = "live"

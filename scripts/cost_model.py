@@ -63,7 +63,7 @@ class Traffic:
     http_requests_per_viewer_hour: float = 2.0  # page load, token, health
     shards: int = 16
     fanout_memory_gb: float = 1.0
-    fanout_workers: int = 64
+    fanout_workers: int = 32
     fanout_round_trip_ms: float = 10.0
     fanout_overhead_ms: float = 30.0
     handler_memory_gb: float = 0.5

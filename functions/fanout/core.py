@@ -63,7 +63,7 @@ class Fanout:
         *,
         registry: ConnectionRegistry,
         management: ManagementApi,
-        max_workers: int = 64,
+        max_workers: int = 32,
         max_message_bytes: int = 32 * 1024,
         retry_seconds: float = 1.0,
         backoff_base: float = 0.05,

@@ -52,7 +52,7 @@ def post(api: ManagementApi, connection_id: str, data: bytes) -> PostOutcome:
     return PostOutcome.SENT
 
 
-def management_client(endpoint_url: str, *, max_pool_connections: int = 64,
+def management_client(endpoint_url: str, *, max_pool_connections: int = 32,
                       region_name: str | None = None, session: Any = None) -> ManagementApi:
     """A boto3 client for `endpoint_url` (`https://{api}.execute-api.{region}.../{stage}`).
 

@@ -16,7 +16,7 @@ from functions.ws.management import ManagementApi, management_client
 from local.apigw.gateway import LocalApiGateway
 
 
-def boto3_client(gateway: LocalApiGateway, *, max_pool_connections: int = 64) -> ManagementApi:
+def boto3_client(gateway: LocalApiGateway, *, max_pool_connections: int = 32) -> ManagementApi:
     """The fan-out's own boto3 `apigatewaymanagementapi` client, pointed at the gateway (dummy
     credentials: the local endpoint does not verify the SigV4 signature)."""
     import boto3
