@@ -16,6 +16,7 @@ from core.messages import BATCH_UPDATE, SOURCE_WEBSOCKET
 
 Update = Mapping[str, Any]
 
+
 def valid_version(update: Update) -> bool:
     version = update.get("version")
     return isinstance(version, int) and not isinstance(version, bool) and version >= 0

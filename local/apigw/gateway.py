@@ -378,7 +378,10 @@ class LocalApiGateway:
             if self._outbox_scheduled:
                 return result
             self._outbox_scheduled = True
-        self.loop.call_soon_threadsafe(self._send_outbox)
+        try:
+            self.loop.call_soon_threadsafe(self._send_outbox)
+        except RuntimeError:  # the gateway stopped meanwhile: its connections are gone
+            return PostResult(410, "GoneException", "")
         return result
 
     def _send_outbox(self) -> None:
