@@ -351,8 +351,16 @@ class ConnectionRegistry:
     def claim_window(
         self, connection_ids: Sequence[str], window: Mapping[str, Mapping[str, Any]]
     ) -> dict[str, list[Mapping[str, Any]]]:
-        """Per connection, the updates to send now: its keys' window values newer than what
-        it was sent, plus its carried-over updates still worth sending; all claimed as sent.
+        """Per connection, the updates to send now (see `claim_window_raw`), as updates."""
+        return {cid: [window[k] for k in fresh] + [loads(raw) for raw in carried]
+                for cid, (fresh, carried) in self.claim_window_raw(connection_ids, window).items()}
+
+    def claim_window_raw(
+        self, connection_ids: Sequence[str], window: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, tuple[list[str], list[str]]]:
+        """Per connection with something to send: (its keys whose window value is newer than
+        what it was sent, its carried-over updates' JSON still worth sending); all claimed as
+        sent. Raw, so the fan-out can reuse each window update's JSON for every connection.
 
         One script call per connection batch keeps the per-window Redis work to a few round
         trips (a per-connection reply would cost more to move than the posts themselves)."""
@@ -361,15 +369,14 @@ class ConnectionRegistry:
         for key, update in window.items():
             versions += [key, update["version"]]
         head = [expire_at, len(window), *versions]
-        plans: dict[str, list[Mapping[str, Any]]] = {}
+        claims: dict[str, tuple[list[str], list[str]]] = {}
         for start in range(0, len(connection_ids), _CLAIM_BATCH):
             batch = connection_ids[start:start + _CLAIM_BATCH]
             reply = loads(self._claim_window(keys=[], args=[*head, *batch]))
             for cid, (fresh, carried) in reply.items():
-                updates = [window[k] for k in (fresh or [])]
-                updates += [loads(raw) for raw in (carried or [])]
-                plans[cid] = updates
-        return plans
+                # cjson writes an empty Lua table as {}, not [].
+                claims[cid] = (fresh or [], carried or [])
+        return claims
 
     def defer(self, failed: Mapping[str, Sequence[Mapping[str, Any]]], *, shard: int) -> int:
         """Carry updates whose post failed into each connection's next message."""

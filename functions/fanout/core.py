@@ -18,12 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from core.messages import utc_now_iso
-from functions.fanout.plan import Update, build_messages, index_window, window_encoder
+import orjson
+
+from core.messages import loads, utc_now_iso
+from functions.fanout.plan import Update, index_window, pack_messages
 from functions.registry import ConnectionRegistry
 from functions.ws.management import ManagementApi, PostOutcome, post
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(slots=True)
 class FanoutResult:
@@ -49,7 +52,8 @@ class FanoutResult:
 class _Delivery:
     connection_id: str
     messages: list[bytes]
-    updates: Sequence[Update]
+    fresh: list[str]  # window keys claimed for this connection
+    carried: list[str]  # carried-over updates' JSON claimed for it
     outcome: PostOutcome = PostOutcome.SENT
     posted: int = 0
     bytes: int = 0
@@ -97,14 +101,16 @@ class Fanout:
         result.connections = len(connections)
         # Selection and version claims happen in Redis, atomically per connection: a late or
         # replayed window finds newer versions claimed and sends nothing older.
-        plans = self._registry.claim_window(connections, window)
+        claims = self._registry.claim_window_raw(connections, window)
         timestamp = utc_now_iso()
-        encode = window_encoder(window)
-        deliveries = [
-            _Delivery(cid, build_messages(updates, timestamp=timestamp,
-                                          max_bytes=self._max_bytes, encode=encode), updates)
-            for cid, updates in plans.items() if updates
-        ]
+        encoded = {key: orjson.dumps(update) for key, update in window.items()}
+        deliveries = []
+        for cid, (fresh, carried) in claims.items():
+            items = [encoded[key] for key in fresh]
+            items += [raw.encode() for raw in carried]
+            if items:
+                messages = pack_messages(items, timestamp=timestamp, max_bytes=self._max_bytes)
+                deliveries.append(_Delivery(cid, messages, fresh, carried))
         result.recipients = len(deliveries)
         deadline = started + self._retry_seconds
         # Each worker pulls the next delivery itself: one pool task per worker instead of one
@@ -125,7 +131,7 @@ class Fanout:
             worker.result()
         for delivery in deliveries:
             self._account(delivery, result)
-        self._settle(deliveries, shard, result)
+        self._settle(deliveries, window, shard, result)
         result.duration = self._clock() - started
         return result
 
@@ -168,7 +174,8 @@ class Fanout:
         elif delivery.outcome is not PostOutcome.SENT:
             result.failed += 1
 
-    def _settle(self, deliveries: Sequence[_Delivery], shard: int, result: FanoutResult) -> None:
+    def _settle(self, deliveries: Sequence[_Delivery], window: Mapping[str, Update], shard: int,
+                result: FanoutResult) -> None:
         failed: dict[str, Sequence[Update]] = {}
         for delivery in deliveries:
             if delivery.outcome is PostOutcome.GONE:
@@ -179,6 +186,8 @@ class Fanout:
                 # Messages already delivered keep theirs; the rest is carried forward. Which
                 # message failed is not tracked, so all of this window's updates are: a
                 # duplicate of the same version is harmless, a lost one is not.
-                failed[delivery.connection_id] = delivery.updates
+                failed[delivery.connection_id] = (
+                    [window[key] for key in delivery.fresh]
+                    + [loads(raw) for raw in delivery.carried])
         if failed:
             result.deferred = self._registry.defer(failed, shard=shard)

@@ -7,7 +7,8 @@ would pass `max_bytes` (API Gateway meters in 32 KB units) is split.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import functools
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -53,32 +54,22 @@ def select_updates(window: Mapping[str, Update], keys: frozenset[str] | set[str]
     return chosen
 
 
-def window_encoder(window: Mapping[str, Update]) -> Callable[[Update], bytes]:
-    """`encode` for `build_messages`: each window update is encoded once, however many
-    connections get it; anything else (a carried-over update) is encoded when asked."""
-    encoded: dict[str, bytes] = {}
-
-    def encode(update: Update) -> bytes:
-        key = update.get("key")
-        if not isinstance(key, str) or window.get(key) is not update:
-            return orjson.dumps(update)
-        item = encoded.get(key)
-        if item is None:
-            item = encoded[key] = orjson.dumps(update)
-        return item
-
-    return encode
+def build_messages(updates: Sequence[Update], *, timestamp: str, max_bytes: int) -> list[bytes]:
+    """One batch message, or as few as fit `max_bytes` each when it would be larger."""
+    return pack_messages([orjson.dumps(update) for update in updates], timestamp=timestamp,
+                         max_bytes=max_bytes)
 
 
-def build_messages(updates: Sequence[Update], *, timestamp: str, max_bytes: int,
-                   encode: Callable[[Update], bytes] = orjson.dumps) -> list[bytes]:
-    """One batch message, or as few as fit `max_bytes` each when it would be larger.
-
-    The bytes equal `orjson.dumps` of the envelope; `encode` may answer an update's JSON from a
-    per-window cache, since the same update goes to many connections."""
-    head = orjson.dumps({"type": BATCH_UPDATE, "timestamp": timestamp,
+@functools.lru_cache(maxsize=4)
+def _head(timestamp: str) -> bytes:
+    return orjson.dumps({"type": BATCH_UPDATE, "timestamp": timestamp,
                          "source": SOURCE_WEBSOCKET})[:-1] + b',"updates":['
-    items = [encode(update) for update in updates]
+
+
+def pack_messages(items: Sequence[bytes], *, timestamp: str, max_bytes: int) -> list[bytes]:
+    """`build_messages` for updates already encoded (each window update is encoded once, not
+    once per connection that gets it); the bytes equal `orjson.dumps` of the envelope."""
+    head = _head(timestamp)
     size = len(head) + 2 + sum(len(item) for item in items) + max(0, len(items) - 1)
     if size <= max_bytes:
         return [head + b",".join(items) + b"]}"]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from functions.fanout.plan import build_messages, index_window, select_updates
+from functions.fanout.plan import build_messages, index_window, pack_messages, select_updates
 from functions.ws.protocol import ProtocolError, parse_client_message
 from functions.wsauth import TokenError, mint_token, verify_token
 from tests.realtime_support import update
@@ -87,9 +87,10 @@ _UPDATES = st.lists(
 def test_messages_are_the_envelope_orjson_would_write_and_split_exactly_at_the_limit(
     updates: list[dict[str, object]], limit: int
 ) -> None:
-    cache = {id(u): orjson.dumps(u) for u in updates}
-    parts = build_messages(updates, timestamp="2026-11-26T09:15:00.000Z", max_bytes=limit,
-                           encode=lambda u: cache[id(u)])
+    parts = build_messages(updates, timestamp="2026-11-26T09:15:00.000Z", max_bytes=limit)
+    # The fan-out packs updates it encoded once per window: the same bytes.
+    assert pack_messages([orjson.dumps(u) for u in updates],
+                         timestamp="2026-11-26T09:15:00.000Z", max_bytes=limit) == parts
     whole = orjson.dumps({"type": "screener_ltp_batch_update",
                           "timestamp": "2026-11-26T09:15:00.000Z", "source": "websocket",
                           "updates": updates})
