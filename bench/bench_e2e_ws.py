@@ -288,9 +288,9 @@ def report(clients: int, result: dict[str, Any], min_window: float) -> None:
     done = [t * 1000 for t in after["done_after_close"][-runs:]] if runs > 0 else []
     print(f"  fan-out runs done after   p50 {percentile(done, 0.5):.0f} ms, p99 "
           f"{percentile(done, 0.99):.0f} ms from their window's close ({runs} runs)")
-    runs_ = after["starts"][-runs:] if runs > 0 else []
-    waited = [r[0] * 1000 for r in runs_]
-    ran = [r[1] * 1000 for r in runs_]
+    timed = after["starts"][-runs:] if runs > 0 else []
+    waited = [r[0] * 1000 for r in timed]
+    ran = [r[1] * 1000 for r in timed]
     print(f"    of which waiting to run p50 {percentile(waited, 0.5):.0f} ms, p99 "
           f"{percentile(waited, 0.99):.0f} ms; running p50 {percentile(ran, 0.5):.0f} ms, "
           f"p99 {percentile(ran, 0.99):.0f} ms")

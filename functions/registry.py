@@ -350,17 +350,11 @@ class ConnectionRegistry:
 
     def claim_window(
         self, connection_ids: Sequence[str], window: Mapping[str, Mapping[str, Any]]
-    ) -> dict[str, list[Mapping[str, Any]]]:
-        """Per connection, the updates to send now (see `claim_window_raw`), as updates."""
-        return {cid: [window[k] for k in fresh] + [loads(raw) for raw in carried]
-                for cid, (fresh, carried) in self.claim_window_raw(connection_ids, window).items()}
-
-    def claim_window_raw(
-        self, connection_ids: Sequence[str], window: Mapping[str, Mapping[str, Any]]
     ) -> dict[str, tuple[list[str], list[str]]]:
         """Per connection with something to send: (its keys whose window value is newer than
         what it was sent, its carried-over updates' JSON still worth sending); all claimed as
-        sent. Raw, so the fan-out can reuse each window update's JSON for every connection.
+        sent. Keys and JSON rather than updates: the fan-out reuses each window update's JSON for
+        every connection that gets it.
 
         One script call per connection batch keeps the per-window Redis work to a few round
         trips (a per-connection reply would cost more to move than the posts themselves)."""

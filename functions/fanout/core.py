@@ -101,7 +101,7 @@ class Fanout:
         result.connections = len(connections)
         # Selection and version claims happen in Redis, atomically per connection: a late or
         # replayed window finds newer versions claimed and sends nothing older.
-        claims = self._registry.claim_window_raw(connections, window)
+        claims = self._registry.claim_window(connections, window)
         timestamp = utc_now_iso()
         encoded = {key: orjson.dumps(update) for key, update in window.items()}
         deliveries = []

@@ -95,16 +95,17 @@ def test_window_claims_pick_newest_of_window_and_carried_updates(redis_client: r
     registry.subscribe("a", ["K:1", "K:2", "K:3"])
     registry.subscribe("b", ["K:9"])
     window = {k: update(k, 10, 1.0) for k in ("K:1", "K:2", "K:4")}
-    plans = registry.claim_window(["a", "b"], window)
-    assert {cid: sorted(u["key"] for u in ups) for cid, ups in plans.items()} == {
-        "a": ["K:1", "K:2"]}
+    claims = registry.claim_window(["a", "b"], window)
+    assert {cid: (sorted(fresh), carried) for cid, (fresh, carried) in claims.items()} == {
+        "a": (["K:1", "K:2"], [])}
     assert registry.claim_window(["a", "b"], window) == {}  # a replayed window sends nothing
     # K:1 failed to post at v11; K:2 at v11 too, but a v12 window overtakes it.
     registry.claim_window(["a"], {k: update(k, 11, 2.0) for k in ("K:1", "K:2")})
     registry.defer({"a": [update("K:1", 11, 2.0), update("K:2", 11, 2.0)]}, shard=0)
     late = {"K:1": update("K:1", 10, 1.0), "K:2": update("K:2", 12, 3.0),
             "K:3": update("K:3", 5, 4.0)}
-    plans = registry.claim_window(["a"], late)
-    assert sorted((u["key"], u["version"]) for u in plans["a"]) == [
-        ("K:1", 11), ("K:2", 12), ("K:3", 5)]
+    fresh, carried = registry.claim_window(["a"], late)["a"]
+    sent = [(k, late[k]["version"]) for k in fresh]
+    sent += [(u["key"], u["version"]) for u in map(orjson.loads, carried)]
+    assert sorted(sent) == [("K:1", 11), ("K:2", 12), ("K:3", 5)]
     assert not redis_client.exists(names.ws_conn_pending_key("a"))
