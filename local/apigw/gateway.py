@@ -345,19 +345,16 @@ class LocalApiGateway:
         return PostResult(200), conn, (data, True)
 
     async def post(self, connection_id: str, data: bytes) -> PostResult:
-        """PostToConnection, as the HTTP endpoint performs it: answered once sent."""
+        """PostToConnection, as the HTTP endpoint performs it (on the loop, so it writes the
+        frame at once; the in-process fan-out uses `post_nowait`)."""
         if self.config.post_latency:
             await asyncio.sleep(self.config.post_latency)
         with self._post_lock:
             result, conn, frame = self._accept(connection_id, data)
-        if conn is None:
-            return result
-        try:
-            await conn.socket.send(frame[0], text=frame[1])
-        except ConnectionClosed:
-            return PostResult(410, "GoneException", "")
-        with self._post_lock:
-            self.posts += 1
+            if conn is not None:
+                self.posts += 1
+        if conn is not None:
+            _write_frame(conn.socket, *frame)
         return result
 
     def post_nowait(self, connection_id: str, data: bytes) -> PostResult:
