@@ -111,9 +111,13 @@ def ws_conn_keys_key(connection_id: str) -> str:
     return f"ws:conn:{connection_id}:keys"
 
 
-def ws_conn_sent_key(connection_id: str) -> str:
-    return f"ws:conn:{connection_id}:sent"
+def ws_shard_sent_key(shard: int) -> str:
+    return f"ws:shard:{shard}:sent"
 
 
-def ws_conn_pending_key(connection_id: str) -> str:
-    return f"ws:conn:{connection_id}:pending"
+def ws_shard_carry_key(shard: int) -> str:
+    return f"ws:shard:{shard}:carry"
+
+
+def ws_shard_epoch_key(shard: int) -> str:
+    return f"ws:shard:{shard}:epoch"

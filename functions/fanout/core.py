@@ -1,10 +1,15 @@
 """The fan-out: one window's updates to every connection of one shard, concurrently.
 
-Per connection: its keys' updates (plus what failed to reach it before) are claimed in the
-registry (a late window can never send an older version than one already sent), posted as one
-message (split only past 32 KB) by a bounded thread pool sharing one boto3 client, throttled
-posts retried with jittered backoff until the retry budget runs out, and what still failed is
-stored as pending for that connection's next message. 410 Gone removes the connection.
+The window is claimed for the shard in the registry (a late or replayed window finds newer
+versions claimed and sends nothing older); each connection gets the claimed keys it wants,
+above its snapshot floor, plus what failed to reach it before, as one message (split only past
+32 KB), posted by a bounded thread pool sharing one boto3 client. Throttled posts are retried
+with jittered backoff until the retry budget runs out; what still failed is carried into that
+connection's next message. 410 Gone removes the connection.
+
+Who wants what is cached per shard and re-read only when the shard's epoch (bumped by every
+subscribe, unsubscribe, snapshot and removal in the same script) moved, or every 30 s: a warm
+Lambda container reads the subscriptions once, not on every window.
 """
 
 from __future__ import annotations
@@ -21,11 +26,18 @@ from typing import Any
 import orjson
 
 from core.messages import loads, utc_now_iso
-from functions.fanout.plan import Update, index_window, pack_messages
+from functions.fanout.plan import Update, index_window, pack_messages, route, split_floors
 from functions.registry import ConnectionRegistry
 from functions.ws.management import ManagementApi, PostOutcome, post
 
 log = logging.getLogger(__name__)
+
+# A cached view of a shard's subscriptions is re-read at least this often, even when the epoch
+# says nothing changed (a restarted Redis counts epochs from zero again).
+SUBSCRIPTIONS_MAX_AGE_SECONDS = 30.0
+# Encoded updates kept for the next shard run (cleared whole when full; a window has a few
+# thousand at most).
+_ENCODED_CACHE_SIZE = 50_000
 
 
 @dataclass(slots=True)
@@ -48,12 +60,20 @@ class FanoutResult:
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class _ShardView:
+    epoch: str
+    keys: dict[str, tuple[str, ...]]  # connection id -> its keys
+    floors: dict[str, dict[str, int]]  # connection id -> key -> snapshot floor not yet passed
+    loaded_at: float
+
+
 @dataclass(slots=True)
 class _Delivery:
     connection_id: str
     messages: list[bytes]
-    fresh: list[str]  # window keys claimed for this connection
-    carried: list[str]  # carried-over updates' JSON claimed for it
+    fresh: list[str]  # window keys sent to this connection
+    carried: list[bytes]  # carried-over updates' JSON sent to it
     outcome: PostOutcome = PostOutcome.SENT
     posted: int = 0
     bytes: int = 0
@@ -87,6 +107,9 @@ class Fanout:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fanout")
         self._random = random.Random()
         self._random_lock = threading.Lock()
+        self._views: dict[int, _ShardView] = {}
+        self._views_lock = threading.Lock()
+        self._encoded: dict[tuple[str, int], bytes] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -97,17 +120,18 @@ class Fanout:
         result = FanoutResult(shard=shard)
         result.swept = self._registry.sweep(shard)
         window = index_window(payload.get("updates") or [])
-        connections = self._registry.live_connections(shard)
-        result.connections = len(connections)
-        # Selection and version claims happen in Redis, atomically per connection: a late or
-        # replayed window finds newer versions claimed and sends nothing older.
-        claims = self._registry.claim_window(connections, window)
+        claim = self._registry.claim(shard, {k: u["version"] for k, u in window.items()})
+        view = self._view(shard, claim.epoch)
+        result.connections = len(view.keys)
+        encoded = {key: self._encode(window[key]) for key in claim.fresh}
+        routed = route(window, encoded, view.keys, view.floors)
         timestamp = utc_now_iso()
-        encoded = {key: orjson.dumps(update) for key, update in window.items()}
         deliveries = []
-        for cid, (fresh, carried) in claims.items():
-            items = [encoded[key] for key in fresh]
-            items += [raw.encode() for raw in carried]
+        for cid in routed.keys() | claim.carried.keys():
+            fresh = routed.get(cid, [])
+            carried = self._still_wanted(claim.carried.get(cid, ()), view.keys.get(cid, ()),
+                                         view.floors.get(cid, {}))
+            items = [encoded[key] for key in fresh] + carried
             if items:
                 messages = pack_messages(items, timestamp=timestamp, max_bytes=self._max_bytes)
                 deliveries.append(_Delivery(cid, messages, fresh, carried))
@@ -134,6 +158,42 @@ class Fanout:
         self._settle(deliveries, window, shard, result)
         result.duration = self._clock() - started
         return result
+
+    def _view(self, shard: int, epoch: str) -> _ShardView:
+        with self._views_lock:
+            view = self._views.get(shard)
+        if (view is None or view.epoch != epoch
+                or self._clock() - view.loaded_at > SUBSCRIPTIONS_MAX_AGE_SECONDS):
+            subscriptions = self._registry.subscriptions(shard)
+            keys, floors = split_floors(subscriptions.floors)
+            view = _ShardView(subscriptions.epoch, keys, floors, self._clock())
+            with self._views_lock:
+                self._views[shard] = view
+        return view
+
+    def _encode(self, update: Update) -> bytes:
+        """An update's JSON, shared by every shard run in this process that sends it."""
+        tag = (update["key"], update["version"])
+        raw = self._encoded.get(tag)
+        if raw is None:
+            if len(self._encoded) >= _ENCODED_CACHE_SIZE:
+                self._encoded.clear()
+            raw = self._encoded[tag] = orjson.dumps(update)
+        return raw
+
+    @staticmethod
+    def _still_wanted(carried: Sequence[bytes], keys: Sequence[str],
+                      floors: Mapping[str, int]) -> list[bytes]:
+        """Carried updates of keys the connection still wants, above its snapshot floor."""
+        if not carried or not keys:
+            return []
+        kept = []
+        for raw in carried:
+            update = loads(raw)
+            key = update.get("key")
+            if key in keys and update.get("version", -1) > floors.get(key, 0):
+                kept.append(raw)
+        return kept
 
     def _deliver(self, delivery: _Delivery, deadline: float) -> _Delivery:
         for message in delivery.messages:

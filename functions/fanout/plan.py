@@ -36,11 +36,45 @@ def index_window(updates: Iterable[Update]) -> dict[str, Update]:
     return window
 
 
+def split_floors(floors: Mapping[str, Mapping[str, int]]
+                 ) -> tuple[dict[str, tuple[str, ...]], dict[str, dict[str, int]]]:
+    """{id: {key: floor}} -> (id -> its keys, id -> only the keys with a snapshot floor)."""
+    keys = {cid: tuple(wanted) for cid, wanted in floors.items()}
+    raised = {cid: {k: f for k, f in wanted.items() if f > 0} for cid, wanted in floors.items()}
+    return keys, {cid: f for cid, f in raised.items() if f}
+
+
+def route(window: Mapping[str, Update], fresh: Mapping[str, Any],
+          keys: Mapping[str, Sequence[str]],
+          floors: dict[str, dict[str, int]]) -> dict[str, list[str]]:
+    """Connection id -> the fresh window keys it gets: those it wants, above its floor.
+
+    A floor is dropped once a fresh version passed it: the shard's claims only go forward, so
+    it can never filter anything again (which keeps the per-window work one dict lookup per
+    subscribed key)."""
+    routed: dict[str, list[str]] = {}
+    for cid, wanted in keys.items():
+        chosen = [key for key in wanted if key in fresh]
+        if not chosen:
+            continue
+        raised = floors.get(cid)
+        if raised:
+            passed = [k for k in chosen if k in raised and window[k]["version"] > raised[k]]
+            chosen = [k for k in chosen if k not in raised or window[k]["version"] > raised[k]]
+            for key in passed:
+                del raised[key]
+            if not raised:
+                floors.pop(cid, None)
+        if chosen:
+            routed[cid] = chosen
+    return routed
+
+
 def select_updates(window: Mapping[str, Update], keys: frozenset[str] | set[str],
                    pending: Mapping[str, Update]) -> dict[str, Update]:
     """This connection's share of the window plus its carried-over updates, newest winning.
 
-    The rule the registry's claim script applies inside Redis (where it is also checked
+    The rule `route` and the registry's claim apply together (where it is also checked
     against what was already sent); kept here as its plain statement for tests and benchmarks.
     """
     small, large = (keys, window) if len(keys) < len(window) else (window, keys)

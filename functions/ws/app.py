@@ -8,8 +8,8 @@ Snapshot without a gap: `subscribe` records the keys in the registry FIRST and o
 the prices. The bridge, at the end of every window, writes the window's newest values to
 `ws:latest` and only then reads which keys are subscribed. So a tick either reached
 `ws:latest` (or `ltp:*`) before the snapshot read, or its window reads the subscriptions after
-the keys were recorded and the fan-out delivers it. Snapshot versions are then claimed as sent,
-so the stream never sends this connection anything older than its snapshot.
+the keys were recorded and the fan-out delivers it. Snapshot versions then become the keys'
+floors, so the stream never sends this connection anything older than its snapshot.
 """
 
 from __future__ import annotations

@@ -147,8 +147,7 @@ async def test_throttled_updates_are_carried_into_the_next_message(
         (message,) = await drain(ws)
         assert sorted((u["key"], u["version"]) for u in message["updates"]) == [
             (KEYS[0], 2), (KEYS[1], 1), (KEYS[2], 1)]
-        (cid,) = stack.registry.live_connections(0)
-        assert not redis_client.exists(names.ws_conn_pending_key(cid))
+        assert not redis_client.exists(names.ws_shard_carry_key(0))
 
 
 async def test_pending_updates_go_out_even_without_new_ticks(

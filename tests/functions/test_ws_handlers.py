@@ -41,8 +41,9 @@ async def test_subscribe_answers_with_snapshot_of_cached_and_bridge_prices(
         assert reply["missing"] == ["NSE_EQ:9"]
         (cid,) = stack.gateway.connections
         assert stack.registry.keys(cid) == {"NSE_EQ:1333", "NSE_EQ:2885", "NSE_EQ:9"}
-        # The snapshot's version counts as sent: the stream never goes back behind it.
-        assert redis_client.hget(names.ws_conn_sent_key(cid), "NSE_EQ:2885") == b"42"
+        # The snapshot's version is the key's floor: the stream never goes back behind it.
+        assert stack.registry.subscriptions(0).floors[cid] == {
+            "NSE_EQ:1333": 0, "NSE_EQ:2885": 42, "NSE_EQ:9": 0}
 
 
 async def test_ping_pong_and_unsubscribe(redis_url: str, redis_client: redis.Redis) -> None:

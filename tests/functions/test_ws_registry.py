@@ -9,7 +9,7 @@ import orjson
 import redis
 
 from core import names
-from functions.registry import ConnectionRegistry, shard_of
+from functions.registry import ConnectionRegistry, ShardSubscriptions, shard_of
 from tests.realtime_support import update
 
 
@@ -51,9 +51,10 @@ def test_everything_expires_after_the_api_gateway_maximum(redis_client: redis.Re
     shard = registry.connect("x", meta={"source_ip": "1.2.3.4"})
     assert shard == shard_of("x", 4)
     registry.subscribe("x", ["K:1"])
-    registry.claim("x", [("K:1", 1)])
+    registry.claim(shard, {"K:1": 1})
     limit = names.WS_MAX_CONNECTION_SECONDS + names.WS_EXPIRY_MARGIN_SECONDS + 5
-    for key in (names.ws_conn_key("x"), names.ws_conn_keys_key("x"), names.ws_conn_sent_key("x")):
+    for key in (names.ws_conn_key("x"), names.ws_conn_keys_key("x"),
+                names.ws_shard_sent_key(shard)):
         ttl = redis_client.ttl(key)
         assert names.WS_MAX_CONNECTION_SECONDS < ttl <= limit, key
     expiry = redis_client.zscore(names.WS_CONNECTIONS_KEY, "x")
@@ -62,50 +63,71 @@ def test_everything_expires_after_the_api_gateway_maximum(redis_client: redis.Re
     later = time.time() + names.WS_MAX_CONNECTION_SECONDS + 10
     assert registry.count(now=later) == 0
     assert registry.live_connections(shard, now=later) == []
+    assert registry.subscriptions(shard, now=later).floors == {}
     assert registry.sweep(shard, now=later) == 1
     assert redis_client.hlen(names.ws_shard_refs_key(shard)) == 0
     assert not redis_client.exists(names.ws_conn_key("x"), names.ws_conn_keys_key("x"))
 
 
-def test_claims_only_newer_versions_and_retries_of_failed_ones(redis_client: redis.Redis) -> None:
-    registry = ConnectionRegistry(redis=redis_client, shards=1)
-    registry.connect("c", meta={})
-    registry.subscribe("c", ["K:1", "K:2"])
+def test_a_shard_claims_only_newer_versions(redis_client: redis.Redis) -> None:
+    registry = ConnectionRegistry(redis=redis_client, shards=2)
     big = 1_732_000_000_123_456_789  # nanosecond-style versions must not round
-    assert registry.claim("c", [("K:1", 5), ("K:2", big)]) == ["K:1", "K:2"]
-    assert registry.claim("c", [("K:1", 5), ("K:2", big - 1)]) == []
-    assert registry.claim("c", [("K:1", 6), ("K:2", big + 1)]) == ["K:1", "K:2"]
-    # A failed post is deferred; its own version may be claimed again, once.
-    kept = registry.defer({"c": [update("K:1", 6, 1.0)]}, shard=0)
-    assert kept == 1
-    assert redis_client.smembers(names.WS_PENDING_SHARDS_KEY) == {b"0"}
-    pending = redis_client.hget(names.ws_conn_pending_key("c"), "K:1")
-    assert pending is not None and orjson.loads(pending)["version"] == 6
-    assert registry.claim("c", [("K:1", 6)]) == ["K:1"]
-    assert registry.claim("c", [("K:1", 6)]) == []
-    # Deferring a version that something newer already overtook keeps nothing.
-    registry.claim("c", [("K:1", 7)])
-    assert registry.defer({"c": [update("K:1", 6, 1.0)]}, shard=0) == 0
+    assert registry.claim(0, {"K:1": 5, "K:2": big}).fresh == ["K:1", "K:2"]
+    assert registry.claim(0, {"K:1": 5, "K:2": big - 1}).fresh == []  # replayed / late
+    assert registry.claim(0, {"K:1": 6, "K:2": big + 1, "K:3": 1}).fresh == ["K:1", "K:2", "K:3"]
+    # Shards claim independently: each runs its own fan-out.
+    assert registry.claim(1, {"K:1": 5}).fresh == ["K:1"]
+    # Windows larger than one HMGET chunk inside the script.
+    many = {f"M:{i}": 2 for i in range(2_500)}
+    assert len(registry.claim(1, many).fresh) == 2_500
+    assert registry.claim(1, many).fresh == []
 
 
-def test_window_claims_pick_newest_of_window_and_carried_updates(redis_client: redis.Redis) -> None:
+def test_the_epoch_moves_with_every_change_of_who_wants_what(redis_client: redis.Redis) -> None:
+    registry = ConnectionRegistry(redis=redis_client, shards=1)
+    epochs = [registry.claim(0, {}).epoch]
+
+    def moved() -> bool:
+        epochs.append(registry.claim(0, {}).epoch)
+        return epochs[-1] != epochs[-2]
+
+    registry.connect("a", meta={})
+    assert moved()
+    registry.subscribe("a", ["K:1", "K:2"])
+    assert moved()
+    registry.subscribe("a", ["K:1"])
+    assert not moved()  # nothing new
+    registry.mark_snapshot("a", {"K:1": 7})
+    assert moved()
+    registry.mark_snapshot("a", {"K:1": 6, "K:9": 8})  # lower, and not subscribed
+    assert not moved()
+    registry.unsubscribe("a", ["K:2"])
+    assert moved()
+    assert registry.subscriptions(0) == ShardSubscriptions(epochs[-1], {"a": {"K:1": 7}})
+    registry.remove("a")
+    assert moved()
+    assert registry.subscriptions(0).floors == {}
+
+
+def test_carried_updates_come_back_once_while_still_the_newest(redis_client: redis.Redis) -> None:
     registry = ConnectionRegistry(redis=redis_client, shards=1)
     for cid in ("a", "b"):
         registry.connect(cid, meta={})
     registry.subscribe("a", ["K:1", "K:2", "K:3"])
-    registry.subscribe("b", ["K:9"])
-    window = {k: update(k, 10, 1.0) for k in ("K:1", "K:2", "K:4")}
-    claims = registry.claim_window(["a", "b"], window)
-    assert {cid: (sorted(fresh), carried) for cid, (fresh, carried) in claims.items()} == {
-        "a": (["K:1", "K:2"], [])}
-    assert registry.claim_window(["a", "b"], window) == {}  # a replayed window sends nothing
-    # K:1 failed to post at v11; K:2 at v11 too, but a v12 window overtakes it.
-    registry.claim_window(["a"], {k: update(k, 11, 2.0) for k in ("K:1", "K:2")})
-    registry.defer({"a": [update("K:1", 11, 2.0), update("K:2", 11, 2.0)]}, shard=0)
-    late = {"K:1": update("K:1", 10, 1.0), "K:2": update("K:2", 12, 3.0),
-            "K:3": update("K:3", 5, 4.0)}
-    fresh, carried = registry.claim_window(["a"], late)["a"]
-    sent = [(k, late[k]["version"]) for k in fresh]
-    sent += [(u["key"], u["version"]) for u in map(orjson.loads, carried)]
-    assert sorted(sent) == [("K:1", 11), ("K:2", 12), ("K:3", 5)]
-    assert not redis_client.exists(names.ws_conn_pending_key("a"))
+    registry.subscribe("b", ["K:1"])
+    registry.claim(0, {"K:1": 11, "K:2": 11, "K:3": 11})
+    failed = [update("K:1", 11, 2.0), update("K:2", 11, 2.0), update("K:3", 11, 2.0)]
+    # K:3 is no longer wanted by the time the failure is recorded: not kept.
+    registry.unsubscribe("a", ["K:3"])
+    assert registry.defer({"a": failed, "b": [update("K:1", 11, 2.0)]}, shard=0) == 3
+    assert redis_client.smembers(names.WS_PENDING_SHARDS_KEY) == {b"0"}
+    # A later window overtakes K:2; K:1 is still the newest claimed version and comes back.
+    claim = registry.claim(0, {"K:1": 10, "K:2": 12})
+    assert claim.fresh == ["K:2"]
+    carried = {cid: sorted((u["key"], u["version"]) for u in map(orjson.loads, raws))
+               for cid, raws in claim.carried.items()}
+    assert carried == {"a": [("K:1", 11)], "b": [("K:1", 11)]}
+    assert not redis_client.exists(names.ws_shard_carry_key(0))
+    assert registry.claim(0, {}).carried == {}
+    # Deferring a version that something newer already overtook keeps nothing.
+    assert registry.defer({"a": [update("K:2", 11, 2.0)]}, shard=0) == 0
