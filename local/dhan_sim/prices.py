@@ -5,6 +5,10 @@ so two runs with the same seed agree and a REST answer for an unseen id is stabl
 the tick grid (0.05 by default) and stay below 100,000 so that a float32 on the wire still
 rounds back to the same 2-decimal value. Feed and REST may run on different threads (the CLI),
 hence the lock around every mutation.
+
+The feed steps instruments thousands of times a second, so `advance` mutates state in place
+and draws its random numbers straight from `getrandbits`; the draws are the ones `randint` and
+`choice` would make, so a seed still gives the same walk.
 """
 
 from __future__ import annotations
@@ -23,12 +27,21 @@ MAX_PRICE = 99_999.0
 _STEPS = (-3, -2, -1, 1, 2, 3)
 
 
+def randbelow(rng: random.Random, n: int) -> int:
+    """`rng.randrange(n)` without its argument checks: CPython's exact draw, same sequence."""
+    k = n.bit_length()
+    r = rng.getrandbits(k)
+    while r >= n:
+        r = rng.getrandbits(k)
+    return r
+
+
 def on_tick_grid(price: float, tick_size: float = TICK_SIZE) -> float:
     """Snap to the tick grid and to 2 decimals (what Dhan prices look like)."""
     return round(round(price / tick_size) * tick_size, 2)
 
 
-@dataclass
+@dataclass(slots=True)
 class InstrumentState:
     """What the feed needs to build any packet for one instrument."""
 
@@ -59,7 +72,8 @@ class PriceBook:
         self.seed = seed
         self.tick_size = tick_size
         self._states: dict[Key, InstrumentState] = {}
-        self._lock = threading.Lock()
+        self._deltas = tuple(step * tick_size for step in _STEPS)
+        self.lock = threading.Lock()
 
     def __contains__(self, key: object) -> bool:
         return key in self._states
@@ -80,7 +94,7 @@ class PriceBook:
 
     def get(self, key: Key) -> InstrumentState | None:
         """A copy of the instrument's state, or None when it was never priced."""
-        with self._lock:
+        with self.lock:
             state = self._states.get(key)
             return replace(state) if state is not None else None
 
@@ -90,13 +104,13 @@ class PriceBook:
 
     def ensure(self, key: Key) -> InstrumentState:
         """A copy of the instrument's state, creating it (seeded) if it is new."""
-        with self._lock:
+        with self.lock:
             return replace(self._ensure(key))
 
     def set_price(self, key: Key, price: float) -> None:
         """Pin an instrument's price (tests); day high/low follow it."""
         snapped = round(price, 2)
-        with self._lock:
+        with self.lock:
             state = self._states.get(key)
             if state is None:
                 # A new instrument's day starts at the pinned price.
@@ -110,25 +124,34 @@ class PriceBook:
 
     def step(self, key: Key, rng: random.Random) -> InstrumentState:
         """Move one instrument by a random number of ticks (a trade); returns a copy."""
-        with self._lock:
-            state = self._ensure(key)
-            price = on_tick_grid(state.price + rng.choice(_STEPS) * self.tick_size, self.tick_size)
-            if price < self.tick_size or price > MAX_PRICE:  # reflect at the bounds
-                price = on_tick_grid(2 * state.price - price, self.tick_size)
-            qty = rng.randint(1, 500)
-            state.price = price
-            state.ltq = qty
-            state.volume = (state.volume + qty) & 0xFFFFFFFF
-            state.turnover += price * qty
-            state.high = max(state.high, price)
-            state.low = min(state.low, price)
-            state.total_buy_quantity = rng.randint(1_000, 500_000)
-            state.total_sell_quantity = rng.randint(1_000, 500_000)
-            if state.oi:
-                state.oi = max(1, state.oi + rng.randint(-500, 500))
-                state.oi_day_high = max(state.oi_day_high, state.oi)
-                state.oi_day_low = min(state.oi_day_low, state.oi)
-            return replace(state)
+        with self.lock:
+            return replace(self.advance(key, rng))
+
+    def advance(self, key: Key, rng: random.Random) -> InstrumentState:
+        """`step` without the copy: the live state, so the caller must hold `lock`."""
+        state = self._ensure(key)
+        tick = self.tick_size
+        price = on_tick_grid(state.price + self._deltas[randbelow(rng, len(self._deltas))], tick)
+        if price < tick or price > MAX_PRICE:  # reflect at the bounds
+            price = on_tick_grid(2 * state.price - price, tick)
+        qty = randbelow(rng, 500) + 1
+        state.price = price
+        state.ltq = qty
+        state.volume = (state.volume + qty) & 0xFFFFFFFF
+        state.turnover += price * qty
+        if price > state.high:
+            state.high = price
+        if price < state.low:
+            state.low = price
+        state.total_buy_quantity = randbelow(rng, 499_001) + 1_000
+        state.total_sell_quantity = randbelow(rng, 499_001) + 1_000
+        if state.oi:
+            oi = state.oi = max(1, state.oi + randbelow(rng, 1_001) - 500)
+            if oi > state.oi_day_high:
+                state.oi_day_high = oi
+            if oi < state.oi_day_low:
+                state.oi_day_low = oi
+        return state
 
     def _ensure(self, key: Key) -> InstrumentState:
         state = self._states.get(key)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from core.instruments import SEGMENT_CODES
 from local.dhan_sim import packets
-from local.dhan_sim.prices import InstrumentState, Key, PriceBook
+from local.dhan_sim.prices import InstrumentState, Key, PriceBook, randbelow
 from local.dhan_sim.protocol import Mode
 from streamer.decoder import DepthLevel
 
@@ -62,6 +62,7 @@ class TickFactory:
         self.clock = clock
         self.oi_probability = oi_probability
         self._last_ltt = 0
+        self._ids: dict[Key, tuple[int, int]] = {}  # key -> (segment code, security id)
 
     def ltt(self) -> int:
         now = ist_epoch_now(self.clock)
@@ -70,15 +71,21 @@ class TickFactory:
         return self._last_ltt
 
     def tick(self, key: Key, mode: Mode) -> Tick:
-        state = self.book.step(key, self.rng)
-        return self.packet(key, mode, state, self.ltt())
+        ltt = self.ltt()
+        book = self.book
+        # Packed under the book's lock from the live state: a consistent snapshot, no copy.
+        with book.lock:
+            return self.packet(key, mode, book.advance(key, self.rng), ltt)
 
     def current(self, key: Key, mode: Mode) -> Tick:
         """A price packet for the instrument's current state, without moving it."""
         return self.packet(key, mode, self.book.ensure(key), self.ltt())
 
     def packet(self, key: Key, mode: Mode, s: InstrumentState, ltt: int) -> Tick:
-        segment, sid = SEGMENT_CODES[key[0]], int(key[1])
+        ids = self._ids.get(key)
+        if ids is None:
+            ids = self._ids[key] = (SEGMENT_CODES[key[0]], int(key[1]))
+        segment, sid = ids
         extra = None
         if mode == "ticker":
             data = packets.ticker(segment, sid, s.price, ltt)
@@ -95,7 +102,8 @@ class TickFactory:
                 s.total_sell_quantity, s.total_buy_quantity, s.oi, s.oi_day_high, s.oi_day_low,
                 s.open, s.prev_close, s.high, s.low, self.depth(s),
             )  # fmt: skip
-        return Tick(key, data, float32(s.price), ltt, extra)
+        # Every price packet has its f32 LTP at offset 8: read back what the client decodes.
+        return Tick(key, data, _F32.unpack_from(data, 8)[0], ltt, extra)
 
     def prev_close(self, key: Key) -> bytes:
         s = self.book.ensure(key)
@@ -106,8 +114,9 @@ class TickFactory:
         rng = self.rng
         return tuple(
             DepthLevel(
-                rng.randint(1, 5_000), rng.randint(1, 5_000), rng.randint(1, 50),
-                rng.randint(1, 50), max(tick, s.price - (i + 1) * tick), s.price + (i + 1) * tick,
+                randbelow(rng, 5_000) + 1, randbelow(rng, 5_000) + 1,
+                randbelow(rng, 50) + 1, randbelow(rng, 50) + 1,
+                max(tick, s.price - (i + 1) * tick), s.price + (i + 1) * tick,
             )  # fmt: skip
             for i in range(packets.DEPTH_LEVELS)
         )
