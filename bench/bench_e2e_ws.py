@@ -3,13 +3,15 @@
     .venv/bin/python bench/bench_e2e_ws.py                      # 200 then 1,000 clients
     .venv/bin/python bench/bench_e2e_ws.py --clients 200 --seconds 30 --budget 5000
 
-Four processes, each on its own (shared) core:
+Four processes on the 2 shared cores:
 - the DhanHQ v2 simulator (`ltp-sim --rate 5000`: 5,000 price packets/s over 1,000 keys);
 - the streamer (`python -m streamer`: feed -> `SET ltp:*` + `PUBLISH live_ltp_updates`);
-- the real-time stack as `ltp-local` hosts it: the relay bridge (adaptive window, post budget),
-  the fan-out in-process (`LocalInvoker`, posting straight into the gateway), the local API
-  Gateway running the `functions.ws` handlers;
-- this one: N WebSocket clients, each subscribed to 50 random keys of the 1,000.
+- the real-time stack as `ltp-local` hosts it (same shard count, post threads and GC settings):
+  the relay bridge (adaptive window, post budget), the fan-out in-process (`LocalInvoker`,
+  posting straight into the gateway), the local API Gateway running the `functions.ws`
+  handlers;
+- this one: N WebSocket clients (websockets' sans-I/O protocol on asyncio, parsing what they
+  received after the measured period), each subscribed to 50 random keys of the 1,000.
 
 Latency of an update = the client's receive time - the update's `version`, which the streamer
 stamps with its wall clock (microseconds) when it publishes the batch (`streamer.coalescer`):
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -42,6 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._common import SIM_CLIENT_ID, SIM_TOKEN, cpu_seconds  # noqa: E402
+from local.run.stack import LOCAL_FANOUT_WORKERS, LOCAL_SHARDS  # noqa: E402
 
 KEYS = [f"NSE_EQ:{10_000 + i}" for i in range(1000)]
 
@@ -53,6 +57,7 @@ async def serve_stack(redis_url: str, budget: float, min_window: float, max_wind
     import redis
     import redis.asyncio as aioredis
 
+    from core.runtime import tune_gc
     from functions.fanout.core import Fanout
     from functions.registry import ConnectionRegistry, shard_of
     from functions.ws.app import WsApp
@@ -96,6 +101,18 @@ async def serve_stack(redis_url: str, budget: float, min_window: float, max_wind
         return result
 
     invoker = LocalInvoker(run=run)
+    # Collector pauses stop every thread of the stack: reported, as they show in the tail.
+    gc_pauses: list[float] = []
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_pauses.append(time.perf_counter() - gc_started[0])
+
+    gc.callbacks.append(on_gc)
+    tune_gc()  # as `ltp-local` does
     windows: list[float] = []
     async with aioredis.Redis.from_url(redis_url) as aclient:
         bridge = RelayBridge(redis=aclient, invoker=invoker, budget_per_second=budget,
@@ -120,6 +137,8 @@ async def serve_stack(redis_url: str, budget: float, min_window: float, max_wind
                 "most_posts_per_window": max(posts_per_window.values(), default=0),
                 "starts": starts[-2000:],
                 "cpu": cpu_seconds(os.getpid()),
+                "gc_pauses": len(gc_pauses), "gc_seconds": sum(gc_pauses),
+                "gc_max": max(gc_pauses, default=0.0),
             }), flush=True)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -183,47 +202,105 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class LightClient(asyncio.Protocol):
+    """A WebSocket client on websockets' sans-I/O protocol: a browser stand-in that costs the
+    shared machine far less CPU per message than a task-and-future client (the clients are
+    the measuring device here, not the system measured)."""
+
+    def __init__(self, uri: str, on_text: Any) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+
+        self._ws = ClientProtocol(parse_uri(uri), max_size=None)
+        self._on_text = on_text
+        self._parts: list[bytes] = []
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        self._ws.send_request(self._ws.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        from websockets.frames import Frame, Opcode
+        from websockets.http11 import Response
+
+        self._ws.receive_data(data)
+        for event in self._ws.events_received():
+            if isinstance(event, Response):
+                if self._ws.handshake_exc is not None and not self.opened.done():
+                    self.opened.set_exception(self._ws.handshake_exc)
+                elif not self.opened.done():
+                    self.opened.set_result(None)
+            elif isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.CONT):
+                self._parts.append(event.data)
+                if event.fin:
+                    raw = b"".join(self._parts)
+                    self._parts.clear()
+                    self._on_text(raw)
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed before the handshake"))
+
+    def send_text(self, text: bytes) -> None:
+        self._ws.send_text(text)
+        self._flush()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _flush(self) -> None:
+        for chunk in self._ws.data_to_send():
+            if chunk:
+                self._transport.write(chunk)
+            elif self._transport.can_write_eof():
+                self._transport.write_eof()
+
+
 async def run_clients(ws_url: str, clients: int, seconds: float, warmup: float,
                       stack: subprocess.Popen[str], others: dict[str, int]) -> dict[str, Any]:
     import orjson
-    from websockets.asyncio.client import connect
+    from websockets.uri import parse_uri
 
     rng = random.Random(11)
-    sockets = []
-    started_at = time.monotonic()
-    for _ in range(clients):
-        sockets.append(await connect(ws_url, max_size=None, ping_interval=None,
-                                     close_timeout=1))
-    say(f"{clients} clients connected in {time.monotonic() - started_at:.1f} s")
-    for ws in sockets:
-        await ws.send(orjson.dumps({"action": "subscribe", "keys": rng.sample(KEYS, 50)}).decode())
     measuring = False
     latencies: list[float] = []
-    arrivals: list[list[float]] = [[] for _ in sockets]
+    arrivals: list[list[float]] = [[] for _ in range(clients)]
     counts = {"messages": 0, "updates": 0, "snapshots": 0}
 
-    async def read(index: int, ws: Any) -> None:
-        async for raw in ws:
-            now_us = time.time_ns() // 1000
-            message = orjson.loads(raw)
-            if message.get("type") == "snapshot":
-                counts["snapshots"] += 1
-                continue
-            if not measuring or message.get("type") != "screener_ltp_batch_update":
-                continue
-            counts["messages"] += 1
-            arrivals[index].append(now_us / 1e6)
-            for update in message["updates"]:
-                counts["updates"] += 1
-                latencies.append((now_us - update["version"]) / 1000)
+    # While measuring, a message is only stamped and kept; it is parsed after the run, so the
+    # clients' own CPU does not crowd the system they measure.
+    received: list[tuple[int, int, bytes]] = []
 
-    readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
+    def reader(index: int) -> Any:
+        def on_text(raw: bytes) -> None:
+            if measuring:
+                received.append((time.time_ns() // 1000, index, raw))
+            elif orjson.loads(raw).get("type") == "snapshot":
+                counts["snapshots"] += 1
+        return on_text
+
+    uri = parse_uri(ws_url)
+    loop = asyncio.get_running_loop()
+    sockets: list[LightClient] = []
+    started_at = time.monotonic()
+    for index in range(clients):
+        _, client = await loop.create_connection(
+            lambda i=index: LightClient(ws_url, reader(i)), uri.host, uri.port)  # type: ignore[misc]
+        await client.opened
+        sockets.append(client)
+    say(f"{clients} clients connected in {time.monotonic() - started_at:.1f} s")
+    for client in sockets:
+        client.send_text(orjson.dumps({"action": "subscribe", "keys": rng.sample(KEYS, 50)}))
     deadline = time.monotonic() + 60
     while counts["snapshots"] < clients and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     say(f"{counts['snapshots']} snapshots in {time.monotonic() - started_at:.1f} s; measuring")
     await asyncio.sleep(warmup)
-    loop = asyncio.get_running_loop()
     before = await loop.run_in_executor(None, ask, stack)
     cpu0 = cpu_seconds(os.getpid())
     others0 = {name: cpu_seconds(pid) for name, pid in others.items()}
@@ -235,9 +312,20 @@ async def run_clients(ws_url: str, clients: int, seconds: float, warmup: float,
     after = await loop.run_in_executor(None, ask, stack)
     cpu = cpu_seconds(os.getpid()) - cpu0
     others_cpu = {name: cpu_seconds(pid) - others0[name] for name, pid in others.items()}
-    for task in readers:
-        task.cancel()
-    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    for client in sockets:
+        client.close()
+    for now_us, index, raw in received:
+        message = orjson.loads(raw)
+        if message.get("type") == "snapshot":
+            counts["snapshots"] += 1
+            continue
+        if message.get("type") != "screener_ltp_batch_update":
+            continue
+        counts["messages"] += 1
+        arrivals[index].append(now_us / 1e6)
+        for update in message["updates"]:
+            counts["updates"] += 1
+            latencies.append((now_us - update["version"]) / 1000)
     # At most one message per client per window: count each client's messages between
     # consecutive window closes (a message belongs to the window closed just before it).
     closes = [t for t in after["window_times"] if started - 1 <= t <= ended]
@@ -321,6 +409,9 @@ def report(clients: int, result: dict[str, Any], min_window: float) -> None:
           f"{result['client_cpu'] / elapsed * 100:.0f} %; fan-out errors "
           f"{after['fanout_errors']}, reader errors {after['reader_errors']}; windows folded "
           f"into a busy shard's next run {after['folded'] - before['folded']}")
+    print(f"  stack GC pauses           {after['gc_pauses'] - before['gc_pauses']}, "
+          f"{(after['gc_seconds'] - before['gc_seconds']) * 1000:.0f} ms in all, longest "
+          f"{after['gc_max'] * 1000:.0f} ms")
     print("  other CPU                 " + ", ".join(
         f"{name} {cpu / elapsed * 100:.0f} %" for name, cpu in result["others_cpu"].items()))
 
@@ -335,8 +426,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=5000.0)
     parser.add_argument("--min-window", type=float, default=0.25)
     parser.add_argument("--max-window", type=float, default=2.0)
-    parser.add_argument("--shards", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--shards", type=int, default=LOCAL_SHARDS,
+                        help="default: what ltp-local uses (one process runs every shard)")
+    parser.add_argument("--workers", type=int, default=LOCAL_FANOUT_WORKERS,
+                        help="fan-out post threads; default: what ltp-local uses")
     parser.add_argument("--redis-url", default=None,
                         help="default: a private redis-server (Pub/Sub is server-wide)")
     parser.add_argument("--serve-stack", action="store_true", help=argparse.SUPPRESS)

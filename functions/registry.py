@@ -135,24 +135,30 @@ end
 return {redis.call('GET', KEYS[2]) or '0', out}
 """
 
-# KEYS: sent, carry, shard epoch. ARGV: expire_at, then the window's (key, version) pairs.
+# KEYS: sent, carry, shard epoch. ARGV: expire_at, the window as one "key version key version"
+# string (one argument instead of two per key: packing them was most of the client's cost).
 # Claims each key whose version is newer than the newest claimed for the shard (so a late or
 # replayed window sends nothing older), then takes the carried updates that are still the
 # newest claimed version of their key (an older one was overtaken: its successor is being
 # delivered or carried). Returns {epoch, {claimed key...}, {carry field, update JSON, ...}}.
 # Key names are built here, which is fine with cluster mode off (ElastiCache replication group).
 _CLAIM = _NEWER + """
-local n = (#ARGV - 1) / 2
+local names, versions = {}, {}
+for key, version in string.gmatch(ARGV[2], '(%S+) (%d+)') do
+  names[#names + 1] = key
+  versions[#versions + 1] = version
+end
+local n = #names
 local fresh = {}
 local first = 1
 while first <= n do
   local last = math.min(n, first + """ + str(_CLAIM_CHUNK - 1) + """)
   local keys = {}
-  for i = first, last do keys[#keys + 1] = ARGV[2 * i] end
+  for i = first, last do keys[#keys + 1] = names[i] end
   local sent = redis.call('HMGET', KEYS[1], unpack(keys))
   local claims = {}
   for j, key in ipairs(keys) do
-    local version = ARGV[2 * (first + j - 1) + 1]
+    local version = versions[first + j - 1]
     if (not sent[j]) or newer(version, sent[j]) then
       claims[#claims + 1] = key
       claims[#claims + 1] = version
@@ -384,12 +390,13 @@ class ConnectionRegistry:
 
     def claim(self, shard: int, versions: Mapping[str, int]) -> ShardClaim:
         """Claim the window's (key -> version) for `shard` and take its still-valid carry."""
-        args: list[Any] = [self._data_expiry()]
-        for key, version in versions.items():
-            args += [key, version]
+        # Instrument keys hold no whitespace (nor anything unprintable): a key that did could
+        # never be subscribed, and must not split into a real key's name inside the script.
+        window = " ".join(f"{key} {version}" for key, version in versions.items()
+                          if " " not in key and key.isprintable())
         epoch, fresh, flat = self._claim(
             keys=[names.ws_shard_sent_key(shard), names.ws_shard_carry_key(shard),
-                  names.ws_shard_epoch_key(shard)], args=args)
+                  names.ws_shard_epoch_key(shard)], args=[self._data_expiry(), window])
         carried: dict[str, list[bytes]] = {}
         for i in range(0, len(flat), 2):
             connection_id = _text(flat[i]).rpartition(" ")[0]

@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from core.errors import ConfigError
+from core.runtime import tune_gc
 from streamer.errors import CredentialsError
 from streamer.logs import Redactor, configure_logging
 from streamer.service import Streamer
@@ -101,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     redactor = configure_logging(settings.log_level)
     redactor.add(first.access_token.value)
     redactor.add(settings.redis_password.value)
+    tune_gc()
     try:
         return asyncio.run(serve(settings, credentials, redactor))
     except CredentialsError as exc:

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from core.config import DEFAULT_REDIS_URL, Env
 from core.errors import ConfigError
+from core.runtime import tune_gc
 from streamer.bridge import DEFAULT_BUDGET_PER_SECOND, LambdaInvoker, RelayBridge
 
 log = logging.getLogger("streamer.bridge")
@@ -71,4 +72,5 @@ async def main(settings: BridgeSettings) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    tune_gc()
     asyncio.run(main(BridgeSettings.from_env()))

@@ -18,9 +18,12 @@ if TYPE_CHECKING:
 
 @cache
 def _wired() -> tuple[Fanout, Emit]:
+    from core.runtime import tune_gc
     from functions.fanout.wiring import build
 
-    return build()
+    wired = build()
+    tune_gc()  # a warm container lives for many windows; see core.runtime
+    return wired
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class FanoutResult:
 @dataclass(frozen=True, slots=True)
 class _ShardView:
     epoch: str
-    keys: dict[str, tuple[str, ...]]  # connection id -> its keys
+    keys: dict[str, frozenset[str]]  # connection id -> its keys
     floors: dict[str, dict[str, int]]  # connection id -> key -> snapshot floor not yet passed
     loaded_at: float
 
@@ -72,8 +72,7 @@ class _ShardView:
 class _Delivery:
     connection_id: str
     messages: list[bytes]
-    fresh: list[str]  # window keys sent to this connection
-    carried: list[bytes]  # carried-over updates' JSON sent to it
+    items: list[bytes]  # the updates' JSON in those messages
     outcome: PostOutcome = PostOutcome.SENT
     posted: int = 0
     bytes: int = 0
@@ -126,15 +125,14 @@ class Fanout:
         encoded = {key: self._encode(window[key]) for key in claim.fresh}
         routed = route(window, encoded, view.keys, view.floors)
         timestamp = utc_now_iso()
-        deliveries = []
-        for cid in routed.keys() | claim.carried.keys():
-            fresh = routed.get(cid, [])
-            carried = self._still_wanted(claim.carried.get(cid, ()), view.keys.get(cid, ()),
-                                         view.floors.get(cid, {}))
-            items = [encoded[key] for key in fresh] + carried
-            if items:
-                messages = pack_messages(items, timestamp=timestamp, max_bytes=self._max_bytes)
-                deliveries.append(_Delivery(cid, messages, fresh, carried))
+        for cid, raws in claim.carried.items():  # rare: only after failed posts
+            kept = self._still_wanted(raws, view.keys.get(cid, frozenset()),
+                                      view.floors.get(cid, {}))
+            if kept:
+                routed.setdefault(cid, []).extend(kept)
+        limit = self._max_bytes
+        deliveries = [_Delivery(cid, pack_messages(items, timestamp=timestamp, max_bytes=limit),
+                                items) for cid, items in routed.items()]
         result.recipients = len(deliveries)
         deadline = started + self._retry_seconds
         # Each worker pulls the next delivery itself: one pool task per worker instead of one
@@ -150,12 +148,16 @@ class Fanout:
                     return
                 self._deliver(delivery, deadline)
 
-        workers = [self._pool.submit(work) for _ in range(min(self._workers, len(deliveries)))]
-        for worker in workers:
-            worker.result()
+        if self._workers <= 1:
+            work()  # posts that do not block (the local gateway in-process) need no threads
+        else:
+            workers = [self._pool.submit(work)
+                       for _ in range(min(self._workers, len(deliveries)))]
+            for worker in workers:
+                worker.result()
         for delivery in deliveries:
             self._account(delivery, result)
-        self._settle(deliveries, window, shard, result)
+        self._settle(deliveries, shard, result)
         result.duration = self._clock() - started
         return result
 
@@ -182,7 +184,7 @@ class Fanout:
         return raw
 
     @staticmethod
-    def _still_wanted(carried: Sequence[bytes], keys: Sequence[str],
+    def _still_wanted(carried: Sequence[bytes], keys: frozenset[str],
                       floors: Mapping[str, int]) -> list[bytes]:
         """Carried updates of keys the connection still wants, above its snapshot floor."""
         if not carried or not keys:
@@ -234,8 +236,7 @@ class Fanout:
         elif delivery.outcome is not PostOutcome.SENT:
             result.failed += 1
 
-    def _settle(self, deliveries: Sequence[_Delivery], window: Mapping[str, Update], shard: int,
-                result: FanoutResult) -> None:
+    def _settle(self, deliveries: Sequence[_Delivery], shard: int, result: FanoutResult) -> None:
         failed: dict[str, Sequence[Update]] = {}
         for delivery in deliveries:
             if delivery.outcome is PostOutcome.GONE:
@@ -246,8 +247,6 @@ class Fanout:
                 # Messages already delivered keep theirs; the rest is carried forward. Which
                 # message failed is not tracked, so all of this window's updates are: a
                 # duplicate of the same version is harmless, a lost one is not.
-                failed[delivery.connection_id] = (
-                    [window[key] for key in delivery.fresh]
-                    + [loads(raw) for raw in delivery.carried])
+                failed[delivery.connection_id] = [loads(raw) for raw in delivery.items]
         if failed:
             result.deferred = self._registry.defer(failed, shard=shard)

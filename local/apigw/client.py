@@ -44,7 +44,8 @@ class InProcessManagement:
                 self._gateway.post(ConnectionId, bytes(Data)), self._loop)
             result = future.result(self._timeout)
         else:
-            result = self._gateway.post_nowait(ConnectionId, bytes(Data))
+            result = self._gateway.post_nowait(
+                ConnectionId, Data if isinstance(Data, bytes) else bytes(Data))
         if result.status != 200:
             response: Any = {"Error": {"Code": result.error, "Message": result.message},
                              "ResponseMetadata": {"HTTPStatusCode": result.status}}

@@ -336,10 +336,11 @@ class LocalApiGateway:
             # A client that stopped reading: refuse instead of buffering without bound; the
             # fan-out treats it as a throttle and carries the update into a later message.
             return PostResult(429, "LimitExceededException", "Client buffer full"), None, _NO_FRAME
-        try:
-            data.decode()
-        except UnicodeDecodeError:
-            return PostResult(200), conn, (data, False)
+        if not data.isascii():  # JSON from orjson is ASCII unless it holds non-ASCII text
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                return PostResult(200), conn, (data, False)
         # Valid UTF-8 goes out as a text frame (as API Gateway sends posted JSON), without
         # decoding and re-encoding it.
         return PostResult(200), conn, (data, True)

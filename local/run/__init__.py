@@ -18,6 +18,8 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
+from core.runtime import tune_gc
+
 DESCRIPTION = __doc__.split("\n\n")[0] if __doc__ else ""
 
 
@@ -114,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     print("ltp-local: starting", flush=True)
     try:
-        return asyncio.run(serve(args))
+        # Once the stack is up, what exists lives as long as the process (core.runtime).
+        return asyncio.run(serve(args, ready=lambda stack: tune_gc()))
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
         return 130
     except ModuleNotFoundError as exc:

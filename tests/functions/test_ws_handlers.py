@@ -42,7 +42,7 @@ async def test_subscribe_answers_with_snapshot_of_cached_and_bridge_prices(
         (cid,) = stack.gateway.connections
         assert stack.registry.keys(cid) == {"NSE_EQ:1333", "NSE_EQ:2885", "NSE_EQ:9"}
         # The snapshot's version is the key's floor: the stream never goes back behind it.
-        assert stack.registry.subscriptions(0).floors[cid] == {
+        assert stack.registry.subscriptions(stack.registry.shard(cid)).floors[cid] == {
             "NSE_EQ:1333": 0, "NSE_EQ:2885": 42, "NSE_EQ:9": 0}
 
 

@@ -131,3 +131,12 @@ def test_carried_updates_come_back_once_while_still_the_newest(redis_client: red
     assert registry.claim(0, {}).carried == {}
     # Deferring a version that something newer already overtook keeps nothing.
     assert registry.defer({"a": [update("K:2", 11, 2.0)]}, shard=0) == 0
+
+
+def test_a_key_with_whitespace_cannot_claim_another_key(redis_client: redis.Redis) -> None:
+    registry = ConnectionRegistry(redis=redis_client, shards=1)
+    big = 9_000_000_000_000_000
+    claim = registry.claim(0, {"K:1\tK:2": big, "K:3 K:4": big, "K:5": 1})
+    assert claim.fresh == ["K:5"]
+    assert redis_client.hkeys(names.ws_shard_sent_key(0)) == [b"K:5"]
+    assert registry.claim(0, {"K:2": 1, "K:4": 1}).fresh == ["K:2", "K:4"]
