@@ -88,6 +88,7 @@ def serve_fanout(callback_url: str, redis_url: str, shards: int, workers: int) -
     concurrent invocations would) and answers one line of results."""
     import redis
 
+    from core.runtime import tune_gc
     from functions.fanout.core import Fanout
     from functions.registry import ConnectionRegistry
 
@@ -95,6 +96,7 @@ def serve_fanout(callback_url: str, redis_url: str, shards: int, workers: int) -
     fanout = Fanout(registry=ConnectionRegistry(redis=client, shards=shards),
                     management=management(callback_url, workers), max_workers=workers,
                     retry_seconds=1.0)
+    tune_gc()  # as the Lambda entry point does once wired
     print(json.dumps({"ready": os.getpid()}), flush=True)
     for line in sys.stdin:
         payloads = json.loads(line)
@@ -164,6 +166,7 @@ def main() -> None:
 
     import redis
 
+    from core.runtime import tune_gc
     from functions.fanout.core import Fanout
     from functions.fanout.plan import build_messages, select_updates
     from functions.registry import ConnectionRegistry
@@ -173,6 +176,7 @@ def main() -> None:
         private_redis_server,
     )
 
+    tune_gc()  # both modes run in this process, with the fan-out Lambda's GC settings
     random.seed(7)
     argv = [sys.executable, __file__, "--serve", "--connections", str(args.connections),
             "--latency", str(args.latency)]
