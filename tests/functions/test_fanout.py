@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 import pytest
@@ -254,3 +255,35 @@ async def test_rate_throttling_spreads_posts(redis_url: str, redis_client: redis
             for ws in clients:
                 await ws.close()
         await wait_for(lambda: stack.registry.count() == 0)
+
+
+async def test_subscriptions_are_read_again_only_when_they_changed(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async with ws_stack(redis_url, shards=1) as stack:
+        reads: list[str] = []
+        original = stack.registry.subscriptions
+
+        def counting(shard: int, **kwargs: Any) -> Any:
+            reads.append("read")
+            return original(shard, **kwargs)
+
+        stack.registry.subscriptions = counting  # type: ignore[method-assign]
+        fanout = stack.fanout()
+        async with connect(stack.gateway.ws_url) as a:
+            await subscribe(a, KEYS[:2])
+            for version in (1, 2, 3):
+                await stack.run_fanout(fanout, {"shard": 0, "updates": [
+                    update(KEYS[0], version, 10.0 + version)]})
+            assert len(reads) == 1  # three windows, one read
+            assert len(await drain(a)) == 3
+            # A new subscriber and an unsubscribe reach the very next window.
+            async with connect(stack.gateway.ws_url) as b:
+                await subscribe(b, KEYS[1:3])
+                await request(a, {"action": "unsubscribe", "keys": [KEYS[1]]})
+                await stack.run_fanout(fanout, {"shard": 0, "updates": [
+                    update(KEYS[1], 4, 20.0), update(KEYS[2], 4, 30.0)]})
+                assert len(reads) == 2
+                assert await drain(a, 0.2) == []
+                (message,) = await drain(b)
+                assert sorted(u["key"] for u in message["updates"]) == KEYS[1:3]

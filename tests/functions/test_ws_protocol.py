@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from functions.fanout.plan import build_messages, index_window, pack_messages, select_updates
+from functions.fanout.plan import (
+    build_messages,
+    index_window,
+    pack_messages,
+    route,
+    select_updates,
+    split_floors,
+)
 from functions.ws.protocol import ProtocolError, parse_client_message
 from functions.wsauth import TokenError, mint_token, verify_token
 from tests.realtime_support import update
@@ -104,3 +111,37 @@ def test_messages_are_the_envelope_orjson_would_write_and_split_exactly_at_the_l
             first = orjson.dumps(orjson.loads(after)["updates"][0])
             assert len(before) + 1 + len(first) > limit
     assert [u for p in parts for u in orjson.loads(p)["updates"]] == updates
+
+
+KEY_POOL = [f"K:{i}" for i in range(12)]
+
+
+@given(
+    subscriptions=st.dictionaries(
+        st.sampled_from([f"c{i}" for i in range(6)]),
+        st.dictionaries(st.sampled_from(KEY_POOL), st.integers(0, 30), max_size=8),
+        max_size=6),
+    steps=st.lists(st.dictionaries(st.sampled_from(KEY_POOL), st.integers(1, 5), max_size=12),
+                   max_size=6),
+)
+def test_routing_sends_each_connection_its_fresh_keys_above_their_floors(
+    subscriptions: dict[str, dict[str, int]], steps: list[dict[str, int]]
+) -> None:
+    """Windows of rising versions (as the shard's claims let through): every connection gets
+    exactly its keys' updates that are newer than its snapshot floor, window after window,
+    although `route` forgets a floor as soon as a version passed it."""
+    keys, floors = split_floors(subscriptions)
+    current = dict.fromkeys(KEY_POOL, 0)
+    for step in steps:
+        window = {}
+        for key, rise in step.items():
+            current[key] += rise
+            window[key] = update(key, current[key], 1.0)
+        encoded = {key: orjson.dumps(u) for key, u in window.items()}
+        routed = route(window, encoded, keys, floors)
+        expected = {
+            cid: sorted(encoded[k] for k, floor in wanted.items()
+                        if k in window and window[k]["version"] > floor)
+            for cid, wanted in subscriptions.items()}
+        assert {cid: sorted(items) for cid, items in routed.items()} == {
+            cid: items for cid, items in expected.items() if items}
