@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import SIM_CLIENT_ID, SIM_TOKEN, cpu_seconds  # noqa: E402
+from bench._common import SIM_CLIENT_ID, SIM_TOKEN, LightClient, cpu_seconds  # noqa: E402
 from local.run.stack import LOCAL_FANOUT_WORKERS, LOCAL_SHARDS  # noqa: E402
 
 KEYS = [f"NSE_EQ:{10_000 + i}" for i in range(1000)]
@@ -200,65 +200,6 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-class LightClient(asyncio.Protocol):
-    """A WebSocket client on websockets' sans-I/O protocol: a browser stand-in that costs the
-    shared machine far less CPU per message than a task-and-future client (the clients are
-    the measuring device here, not the system measured)."""
-
-    def __init__(self, uri: str, on_text: Any) -> None:
-        from websockets.client import ClientProtocol
-        from websockets.uri import parse_uri
-
-        self._ws = ClientProtocol(parse_uri(uri), max_size=None)
-        self._on_text = on_text
-        self._parts: list[bytes] = []
-        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._transport: Any = None
-
-    def connection_made(self, transport: Any) -> None:
-        self._transport = transport
-        self._ws.send_request(self._ws.connect())
-        self._flush()
-
-    def data_received(self, data: bytes) -> None:
-        from websockets.frames import Frame, Opcode
-        from websockets.http11 import Response
-
-        self._ws.receive_data(data)
-        for event in self._ws.events_received():
-            if isinstance(event, Response):
-                if self._ws.handshake_exc is not None and not self.opened.done():
-                    self.opened.set_exception(self._ws.handshake_exc)
-                elif not self.opened.done():
-                    self.opened.set_result(None)
-            elif isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.CONT):
-                self._parts.append(event.data)
-                if event.fin:
-                    raw = b"".join(self._parts)
-                    self._parts.clear()
-                    self._on_text(raw)
-        self._flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(exc or ConnectionError("closed before the handshake"))
-
-    def send_text(self, text: bytes) -> None:
-        self._ws.send_text(text)
-        self._flush()
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
-    def _flush(self) -> None:
-        for chunk in self._ws.data_to_send():
-            if chunk:
-                self._transport.write(chunk)
-            elif self._transport.can_write_eof():
-                self._transport.write_eof()
 
 
 async def run_clients(ws_url: str, clients: int, seconds: float, warmup: float,

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import cpu_seconds  # noqa: E402
+from bench._common import LightClient, cpu_seconds  # noqa: E402
 
 KEYS = [f"NSE_EQ:{1000 + i}" for i in range(1000)]
 
@@ -48,7 +48,7 @@ KEYS = [f"NSE_EQ:{1000 + i}" for i in range(1000)]
 # --- the gateway process -------------------------------------------------------------------------
 
 async def serve(connections: int, latency: float) -> None:
-    from websockets.asyncio.client import connect
+    from websockets.uri import parse_uri
 
     from local.apigw import GatewayConfig, Handlers, LocalApiGateway
 
@@ -56,27 +56,30 @@ async def serve(connections: int, latency: float) -> None:
     gateway = LocalApiGateway(Handlers(message=lambda e, c: {"statusCode": 200}),
                               GatewayConfig(post_latency=latency, idle_timeout=3600))
     await gateway.start()
+
+    def count(raw: bytes) -> None:
+        nonlocal received
+        received += 1
+
+    # Light clients: they share this process with the gateway, whose CPU per post is reported.
+    uri = parse_uri(gateway.ws_url)
+    loop = asyncio.get_running_loop()
     clients = []
     for _ in range(connections):
-        clients.append(await connect(gateway.ws_url, max_size=None, ping_interval=None))
-
-    async def read(ws: Any) -> None:
-        nonlocal received
-        async for _ in ws:
-            received += 1
-
-    readers = [asyncio.create_task(read(ws)) for ws in clients]
+        _, client = await loop.create_connection(
+            lambda: LightClient(gateway.ws_url, count), uri.host, uri.port)
+        await client.opened
+        clients.append(client)
     print(json.dumps({"callback_url": gateway.callback_url, "ids": list(gateway.connections)}),
           flush=True)
-    loop = asyncio.get_running_loop()
     while True:  # the parent writes one line per question, then closes stdin
         line = await loop.run_in_executor(None, sys.stdin.readline)
         if not line:
             break
         await asyncio.sleep(0.3)  # let the last frames land
         print(json.dumps({"received": received, "posts": gateway.posts}), flush=True)
-    for task in readers:
-        task.cancel()
+    for client in clients:
+        client.close()
     await gateway.stop()
 
 
