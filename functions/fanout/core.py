@@ -35,9 +35,6 @@ log = logging.getLogger(__name__)
 # A cached view of a shard's subscriptions is re-read at least this often, even when the epoch
 # says nothing changed (a restarted Redis counts epochs from zero again).
 SUBSCRIPTIONS_MAX_AGE_SECONDS = 30.0
-# Encoded updates kept for the next shard run (cleared whole when full; a window has a few
-# thousand at most).
-_ENCODED_CACHE_SIZE = 50_000
 
 
 @dataclass(slots=True)
@@ -108,7 +105,6 @@ class Fanout:
         self._random_lock = threading.Lock()
         self._views: dict[int, _ShardView] = {}
         self._views_lock = threading.Lock()
-        self._encoded: dict[tuple[str, int], bytes] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -122,7 +118,7 @@ class Fanout:
         claim = self._registry.claim(shard, {k: u["version"] for k, u in window.items()})
         view = self._view(shard, claim.epoch)
         result.connections = len(view.keys)
-        encoded = {key: self._encode(window[key]) for key in claim.fresh}
+        encoded = {key: orjson.dumps(window[key]) for key in claim.fresh}
         routed = route(window, encoded, view.keys, view.floors)
         timestamp = utc_now_iso()
         for cid, raws in claim.carried.items():  # rare: only after failed posts
@@ -172,16 +168,6 @@ class Fanout:
             with self._views_lock:
                 self._views[shard] = view
         return view
-
-    def _encode(self, update: Update) -> bytes:
-        """An update's JSON, shared by every shard run in this process that sends it."""
-        tag = (update["key"], update["version"])
-        raw = self._encoded.get(tag)
-        if raw is None:
-            if len(self._encoded) >= _ENCODED_CACHE_SIZE:
-                self._encoded.clear()
-            raw = self._encoded[tag] = orjson.dumps(update)
-        return raw
 
     @staticmethod
     def _still_wanted(carried: Sequence[bytes], keys: frozenset[str],
