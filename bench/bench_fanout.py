@@ -171,7 +171,7 @@ def main() -> None:
 
     from core.runtime import tune_gc
     from functions.fanout.core import Fanout
-    from functions.fanout.plan import build_messages, select_updates
+    from functions.fanout.plan import build_messages
     from functions.registry import ConnectionRegistry
     from local.redis_server import (
         RedisHandle,
@@ -214,7 +214,7 @@ def main() -> None:
         # Sequential: the same messages, one post after the other.
         api = management(info["callback_url"], 1)
         updates = {u["key"]: u for u in window(1)}
-        messages = [(cid, build_messages(list(select_updates(updates, keys, {}).values()),
+        messages = [(cid, build_messages([updates[k] for k in sorted(keys) if k in updates],
                                          timestamp="2026-11-26T04:00:00.000Z",
                                          max_bytes=32 * 1024))
                     for cid, keys in subscriptions.items()]

@@ -371,11 +371,6 @@ class ConnectionRegistry:
 
     # --- fan-out ----------------------------------------------------------------------------
 
-    def live_connections(self, shard: int, *, now: float | None = None) -> list[str]:
-        current = time.time() if now is None else now
-        raw = self._redis.zrangebyscore(names.ws_shard_key(shard), f"({current}", "+inf")
-        return [_text(r) for r in raw]
-
     def subscriptions(self, shard: int, *, now: float | None = None) -> ShardSubscriptions:
         """Every live connection of `shard` with its keys' floors, and the epoch they hold at."""
         current = time.time() if now is None else now

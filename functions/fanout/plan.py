@@ -1,8 +1,9 @@
 """Pure parts of the fan-out: which updates a connection gets, and how they become messages.
 
-A connection gets the window's updates for its keys, merged with what failed to reach it
-before (newest version wins), as one `screener_ltp_batch_update` message; only a message that
-would pass `max_bytes` (API Gateway meters in 32 KB units) is split.
+A connection gets the window's fresh updates for its keys above its snapshot floors (`route`;
+what failed to reach it before is added by the fan-out from the registry's carry), as one
+`screener_ltp_batch_update` message; only a message that would pass `max_bytes` (API Gateway
+meters in 32 KB units) is split.
 """
 
 from __future__ import annotations
@@ -72,24 +73,6 @@ def route(window: Mapping[str, Update], encoded: Mapping[str, bytes],
                 continue
         routed[cid] = list(map(pick, chosen))
     return routed
-
-
-def select_updates(window: Mapping[str, Update], keys: frozenset[str] | set[str],
-                   pending: Mapping[str, Update]) -> dict[str, Update]:
-    """This connection's share of the window plus its carried-over updates, newest winning.
-
-    The rule `route` and the registry's claim apply together (where it is also checked
-    against what was already sent); kept here as its plain statement for tests and benchmarks.
-    """
-    small, large = (keys, window) if len(keys) < len(window) else (window, keys)
-    chosen = {k: window[k] for k in small if k in large}
-    for key, update in pending.items():
-        if key not in keys or not valid_version(update):
-            continue
-        current = chosen.get(key)
-        if current is None or update["version"] > current["version"]:
-            chosen[key] = update
-    return chosen
 
 
 def build_messages(updates: Sequence[Update], *, timestamp: str, max_bytes: int) -> list[bytes]:

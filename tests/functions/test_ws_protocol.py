@@ -12,7 +12,6 @@ from functions.fanout.plan import (
     index_window,
     pack_messages,
     route,
-    select_updates,
     split_floors,
 )
 from functions.ws.protocol import ProtocolError, parse_client_message
@@ -65,14 +64,11 @@ def test_tokens_round_trip_and_resist_tampering() -> None:
         mint_token("")
 
 
-def test_select_merges_pending_by_version_and_drops_foreign_keys() -> None:
+def test_the_window_keeps_the_newest_valid_update_per_key() -> None:
     window = index_window([update("A:1", 5, 1.0), update("A:1", 4, 0.5), update("B:1", 1, 2.0),
                            {"key": "C:1", "version": "x"}, update("D:1", 2, 4.0)])
     assert window["A:1"]["version"] == 5 and "C:1" not in window
-    pending = {"A:1": update("A:1", 3, 0.1), "D:1": update("D:1", 9, 4.5),
-               "E:1": update("E:1", 1, 5.0)}
-    chosen = select_updates(window, frozenset({"A:1", "D:1"}), pending)
-    assert {k: u["version"] for k, u in chosen.items()} == {"A:1": 5, "D:1": 9}
+    assert sorted(window) == ["A:1", "B:1", "D:1"]
 
 
 def test_messages_split_only_past_the_limit() -> None:

@@ -26,7 +26,7 @@ def test_refcounts_follow_subscriptions_across_connections(redis_client: redis.R
     registry.remove("b")
     assert redis_client.hgetall(names.ws_shard_refs_key(0)) == {b"K:1": b"1"}
     assert registry.count() == 1
-    assert registry.live_connections(0) == ["a"]
+    assert list(registry.subscriptions(0).floors) == ["a"]
 
 
 def test_unknown_connections_cannot_subscribe(redis_client: redis.Redis) -> None:
@@ -62,7 +62,6 @@ def test_everything_expires_after_the_api_gateway_maximum(redis_client: redis.Re
     assert abs(expiry - (time.time() + names.WS_MAX_CONNECTION_SECONDS)) < 5
     later = time.time() + names.WS_MAX_CONNECTION_SECONDS + 10
     assert registry.count(now=later) == 0
-    assert registry.live_connections(shard, now=later) == []
     assert registry.subscriptions(shard, now=later).floors == {}
     assert registry.sweep(shard, now=later) == 1
     assert redis_client.hlen(names.ws_shard_refs_key(shard)) == 0

@@ -43,6 +43,14 @@ class RecordingInvoker:
                 for u in p["updates"]]
 
 
+def one_subscriber(redis_client: redis.Redis, cid: str, keys: list[str]) -> ConnectionRegistry:
+    """A one-shard registry with one connection subscribed to `keys`."""
+    registry = ConnectionRegistry(redis=redis_client, shards=1)
+    registry.connect(cid, meta={})
+    registry.subscribe(cid, keys)
+    return registry
+
+
 def ids_in_shards(shards: int) -> dict[int, str]:
     found: dict[int, str] = {}
     n = 0
@@ -148,9 +156,7 @@ async def test_windows_invoke_each_shard_with_its_own_newest_updates(
 async def test_a_subscription_change_reaches_the_next_window_though_refs_are_cached(
     aredis: aioredis.Redis, redis_client: redis.Redis
 ) -> None:
-    registry = ConnectionRegistry(redis=redis_client, shards=1)
-    registry.connect("c0", meta={})
-    registry.subscribe("c0", ["NSE_EQ:1"])
+    registry = one_subscriber(redis_client, "c0", ["NSE_EQ:1"])
     invoker = RecordingInvoker()
     bridge = RelayBridge(redis=aredis, invoker=invoker, min_window=10, max_window=10,
                          housekeeping_seconds=3600)
@@ -225,9 +231,7 @@ async def test_after_a_reconnect_moved_prices_are_resent(
 
 async def _reconnect_scenario(aredis: aioredis.Redis, redis_client: redis.Redis,
                               name: str) -> None:
-    registry = ConnectionRegistry(redis=redis_client, shards=1)
-    registry.connect("c", meta={})
-    registry.subscribe("c", ["NSE_EQ:1", "NSE_EQ:2", "NSE_EQ:3"])
+    one_subscriber(redis_client, "c", ["NSE_EQ:1", "NSE_EQ:2", "NSE_EQ:3"])
     invoker = RecordingInvoker()
     bridge = RelayBridge(redis=aredis, invoker=invoker, min_window=0.05, max_window=0.05,
                          housekeeping_seconds=3600, backoff_base=0.01)
@@ -273,9 +277,7 @@ class FlakyRedis:
 async def test_the_reader_reports_errors_and_keeps_retrying(
     aredis: aioredis.Redis, redis_client: redis.Redis
 ) -> None:
-    registry = ConnectionRegistry(redis=redis_client, shards=1)
-    registry.connect("c", meta={})
-    registry.subscribe("c", ["NSE_EQ:1"])
+    one_subscriber(redis_client, "c", ["NSE_EQ:1"])
     invoker = RecordingInvoker()
     bridge = RelayBridge(redis=FlakyRedis(aredis, 3), invoker=invoker, min_window=0.05,
                          max_window=0.05, backoff_base=0.01, backoff_cap=0.02)
