@@ -36,8 +36,16 @@ class Env:
     def text(self, name: str, default: str = "") -> str:
         return self._environ.get(name, default).strip() or default
 
-    def secret(self, name: str) -> Secret:
-        return Secret(self._environ.get(name, "").strip())
+    def secret(self, name: str, *, blank_is_error: bool = False) -> Secret:
+        """A secret value; with `blank_is_error`, a variable that is set but blank (or only
+        whitespace) is a configuration error rather than "no secret"."""
+        raw = self._environ.get(name)
+        if raw is None:
+            return Secret("")
+        value = raw.strip()
+        if not value and blank_is_error:
+            raise ConfigError(f"{name} is set but blank: give the value or unset it")
+        return Secret(value)
 
     def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
         raw = self._environ.get(name, "").strip()

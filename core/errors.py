@@ -5,6 +5,7 @@ CoreError
  +-- InvalidKeyError      one instrument key is malformed
  |    +-- InvalidKeysError  several keys were checked; names every bad one
  +-- InstrumentMasterError  a scrip-master CSV cannot be read (missing file, HTTP error, bad header)
+ +-- SecretError          a secret named by an ARN cannot be read or has the wrong shape
 """
 
 from __future__ import annotations
@@ -40,3 +41,7 @@ class InvalidKeysError(InvalidKeyError):
 
 class InstrumentMasterError(CoreError):
     """The instrument master (Dhan's scrip-master CSV) cannot be read or is not in its format."""
+
+
+class SecretError(CoreError):
+    """A secret named by an ARN could not be read, or lacks the expected field."""

@@ -10,11 +10,13 @@ FunctionsError
  |    +-- UriTooLong            414 (GET query beyond the documented limit)
  |    +-- Unprocessable         422 (bad instrument keys, bad stream name or mode)
  |    +-- ServiceUnavailable    503 with Retry-After (Redis, Secrets Manager or ECS down)
- +-- SecretError              a secret could not be read or has the wrong shape
  +-- ScalingError             ECS could not be described or updated
  +-- StreamError              a stream request is invalid (name, keys, mode)
       +-- StreamLimitError      the streams together would exceed the feed's capacity
  +-- RegistryBusy             the stream registry lock could not be taken in time
+
+`core.errors.SecretError` (a secret could not be read or has the wrong shape) is re-exported
+here: the functions raise and catch the one class the shared secret helpers raise.
 
 Third-party errors are translated where they are caught (`raise ScalingError(...) from exc`);
 DhanHQ failures are not errors at all: they are reported in the response body.
@@ -23,6 +25,8 @@ DhanHQ failures are not errors at all: they are reported in the response body.
 from __future__ import annotations
 
 from typing import Any
+
+from core.errors import SecretError as SecretError  # re-exported
 
 
 class FunctionsError(Exception):
@@ -92,10 +96,6 @@ class ServiceUnavailable(ApiError):
     def __init__(self, message: str, *, retry_after: int = 5, code: str | None = None) -> None:
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
         self.retry_after = retry_after
-
-
-class SecretError(FunctionsError):
-    """A secret named by an ARN could not be read, or lacks the expected field."""
 
 
 class ScalingError(FunctionsError):

@@ -1,11 +1,7 @@
 """Secrets: from the environment locally, from Secrets Manager (by ARN) in AWS, cached.
 
-Secret shapes accepted in Secrets Manager (SecretString):
-  ADMIN_SECRET_ARN     the key itself, or JSON {"ADMIN_API_KEY"|"admin_api_key"|"api_key": ...}
-  WS_TOKEN_SECRET_ARN  the key itself, or JSON {"WS_TOKEN_SECRET"|"ws_token_secret"|"secret": ...}
-  REDIS_AUTH_SECRET_ARN  the ElastiCache AUTH token itself (or JSON {"token"|"password": ...})
-  DHAN_SECRET_ARN      JSON {"client_id"|"DHAN_CLIENT_ID"|"clientId": ...,
-                             "access_token"|"DHAN_ACCESS_TOKEN"|"accessToken": ...}
+The shapes a secret may have (plain, or JSON with one of a few field names) are those of
+`core.secrets`, shared with the streamer and the Redis client factory.
 
 The boto3 client is passed in (or a factory for it, so that boto3 is imported only when an
 ARN is actually used). A value is reused for `ttl_seconds`; when a refresh fails the last good
@@ -15,28 +11,24 @@ an outage. Values are returned as `core.config.Secret` and never logged.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from core.config import Secret
+from core.redis_client import resolve_password
+from core.secrets import (
+    ADMIN_FIELDS,
+    DHAN_CLIENT_FIELDS,
+    DHAN_TOKEN_FIELDS,
+    WS_TOKEN_FIELDS,
+    SecretsClient,
+    SecretsManagerReader,
+    pick_field,
+)
 from functions.errors import SecretError
 from functions.settings import Settings
-
-ADMIN_FIELDS = ("ADMIN_API_KEY", "admin_api_key", "api_key", "key")
-WS_TOKEN_FIELDS = ("WS_TOKEN_SECRET", "ws_token_secret", "secret")
-REDIS_AUTH_FIELDS = ("REDIS_AUTH_TOKEN", "token", "password", "auth_token")
-DHAN_CLIENT_FIELDS = ("client_id", "DHAN_CLIENT_ID", "clientId", "dhanClientId")
-DHAN_TOKEN_FIELDS = ("access_token", "DHAN_ACCESS_TOKEN", "accessToken", "token")
-
-
-class SecretsClient(Protocol):
-    """The one Secrets Manager call used (boto3 `secretsmanager` client)."""
-
-    def get_secret_value(self, *, SecretId: str) -> Mapping[str, Any]: ...  # noqa: N803
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,39 +87,22 @@ class SecretsCache:
             self._values.pop(arn, None)
 
     def _fetch(self, arn: str) -> str:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            answer = self._secrets_client().get_secret_value(SecretId=arn)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "ClientError")
-            raise SecretError(f"Secrets Manager refused {arn}: {code}") from exc
-        except BotoCoreError as exc:
-            reason = type(exc).__name__
-            raise SecretError(f"Secrets Manager unreachable for {arn}: {reason}") from exc
-        value = answer.get("SecretString")
-        if not isinstance(value, str) or not value:
-            raise SecretError(f"secret {arn} has no SecretString")
-        return value
+        return SecretsManagerReader(self._secrets_client()).get(arn)
 
 
-def pick_field(text: str, fields: tuple[str, ...], *, allow_plain: bool) -> str:
-    """A field of a JSON-object secret, or the text itself for a plain secret."""
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            document = json.loads(stripped)
-        except ValueError:
-            document = None
-        if isinstance(document, dict):
-            for field in fields:
-                value = document.get(field)
-                if isinstance(value, str) and value.strip():
-                    return value.strip()
-            raise SecretError(f"secret has none of the fields {', '.join(fields)}")
-    if allow_plain:
-        return stripped
-    raise SecretError(f"secret must be a JSON object with {', '.join(fields)}")
+def secrets_for(settings: Settings) -> SecretsCache | None:
+    """A Secrets Manager cache when any ARN is configured (boto3 built on first read)."""
+    if not settings.uses_secrets_manager:
+        return None
+    return SecretsCache(client_factory=_boto3_secrets_client,
+                        ttl_seconds=settings.secrets_cache_seconds)  # fmt: skip
+
+
+def _boto3_secrets_client() -> SecretsClient:
+    import boto3
+
+    client: SecretsClient = boto3.client("secretsmanager")
+    return client
 
 
 def _resolve_plain(
@@ -155,8 +130,7 @@ def resolve_ws_token_secret(settings: Settings, *, secrets: SecretsCache | None)
 
 def resolve_redis_password(settings: Settings, *, secrets: SecretsCache | None) -> Secret:
     """The Redis AUTH token when one is configured apart from the URL; empty otherwise."""
-    return _resolve_plain(settings.redis_auth_secret_arn, settings.redis_auth_token,
-                          REDIS_AUTH_FIELDS, "REDIS_AUTH_SECRET_ARN", secrets)
+    return resolve_password(settings.redis, secrets=secrets)
 
 
 def resolve_dhan_credentials(
@@ -171,3 +145,10 @@ def resolve_dhan_credentials(
         token = pick_field(text, DHAN_TOKEN_FIELDS, allow_plain=False)
         return DhanCredentials(client_id, Secret(token))
     return DhanCredentials(settings.dhan_client_id, settings.dhan_access_token)
+
+
+__all__ = [
+    "DhanCredentials", "SecretError", "SecretsCache", "SecretsClient", "pick_field",
+    "resolve_admin_key", "resolve_dhan_credentials", "resolve_redis_password",
+    "resolve_ws_token_secret", "secrets_for",
+]

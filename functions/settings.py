@@ -9,6 +9,7 @@ any repr or log line); in AWS they are named by an ARN and resolved by `function
 | REDIS_SOCKET_TIMEOUT | 1.0 | seconds per Redis command before giving up (then 503) |
 | REDIS_CONNECT_TIMEOUT | 1.0 | seconds to open a Redis connection |
 | REDIS_AUTH_TOKEN / REDIS_AUTH_SECRET_ARN | "" | Redis AUTH token apart from the URL |
+| REDIS_RETRIES | 1 | retries after a connection error / READONLY (see `core.redis_client`) |
 | DHAN_CLIENT_ID, DHAN_ACCESS_TOKEN | "" | DhanHQ credentials (local run) |
 | DHAN_SECRET_ARN | "" | Secrets Manager secret holding both (AWS) |
 | DHAN_API_BASE_URL | https://api.dhan.co/v2 | REST base (the simulator's stand-in locally) |
@@ -38,6 +39,7 @@ from core.config import (
     Secret,
 )
 from core.errors import ConfigError
+from core.redis_client import RedisSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,9 @@ class Settings:
     redis_connect_timeout: float = 1.0
     redis_auth_token: Secret = Secret("")
     redis_auth_secret_arn: str = ""
+    # One quick retry: a pooled socket gone stale while the Lambda was frozen, or a failover;
+    # Redis being down must become a quick 503, not a hang.
+    redis_retries: int = 1
 
     dhan_client_id: str = ""
     dhan_access_token: Secret = Secret("")
@@ -75,12 +80,14 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = Env(environ)
+        redis = RedisSettings.from_env(env, socket_timeout=1.0, connect_timeout=1.0, retries=1)
         settings = cls(
-            redis_url=env.text("REDIS_URL", DEFAULT_REDIS_URL),
-            redis_socket_timeout=env.number("REDIS_SOCKET_TIMEOUT", 1.0, minimum=0.05),
-            redis_connect_timeout=env.number("REDIS_CONNECT_TIMEOUT", 1.0, minimum=0.05),
-            redis_auth_token=env.secret("REDIS_AUTH_TOKEN"),
-            redis_auth_secret_arn=env.text("REDIS_AUTH_SECRET_ARN"),
+            redis_url=redis.url,
+            redis_socket_timeout=redis.socket_timeout,
+            redis_connect_timeout=redis.connect_timeout,
+            redis_auth_token=redis.auth_token,
+            redis_auth_secret_arn=redis.auth_secret_arn,
+            redis_retries=redis.retries,
             dhan_client_id=env.text("DHAN_CLIENT_ID"),
             dhan_access_token=env.secret("DHAN_ACCESS_TOKEN"),
             dhan_secret_arn=env.text("DHAN_SECRET_ARN"),
@@ -104,12 +111,15 @@ class Settings:
         )
         if bool(settings.streamer_cluster) != bool(settings.streamer_service):
             raise ConfigError("STREAMER_CLUSTER and STREAMER_SERVICE must be set together")
-        if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(
-                f"REDIS_URL must start with redis://, rediss:// or unix://, got "
-                f"{settings.redis_url.split('://')[0]!r}"
-            )
         return settings
+
+    @property
+    def redis(self) -> RedisSettings:
+        return RedisSettings(
+            url=self.redis_url, auth_token=self.redis_auth_token,
+            auth_secret_arn=self.redis_auth_secret_arn, socket_timeout=self.redis_socket_timeout,
+            connect_timeout=self.redis_connect_timeout, retries=self.redis_retries,
+        )  # fmt: skip
 
     @property
     def uses_secrets_manager(self) -> bool:

@@ -14,18 +14,13 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
-from core.errors import ConfigError
+from core.errors import ConfigError, SecretError
 from core.runtime import tune_gc
 from streamer.errors import CredentialsError
 from streamer.logs import Redactor, configure_logging
-from streamer.service import Streamer
-from streamer.settings import CredentialSource, SecretsClient, Settings, load_settings
+from streamer.settings import Settings, load_settings
+from streamer.wiring import StreamerClients, build_clients, build_streamer
 
 log = logging.getLogger("streamer")
 
@@ -44,26 +39,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def redis_client(settings: Settings) -> Redis:
-    # Fail fast and let our own loops (sink backoff, key source, lease) do the retrying.
-    options: dict[str, Any] = {}
-    if settings.redis_password:  # ElastiCache AUTH token given apart from the URL
-        options["password"] = settings.redis_password.value
-    return Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10,
-                          health_check_interval=15, retry=Retry(NoBackoff(), 1), **options)
-
-
-def secrets_client() -> SecretsClient:
-    import boto3
-
-    client: SecretsClient = boto3.client("secretsmanager")
-    return client
-
-
-async def serve(settings: Settings, credentials: CredentialSource, redactor: Redactor) -> int:
-    redis = redis_client(settings)
-    streamer = Streamer(settings, redis=redis, credentials=credentials,
-                        on_credentials=lambda c: redactor.add(c.access_token.value))
+async def serve(settings: Settings, clients: StreamerClients, redactor: Redactor) -> int:
+    redis = clients.redis
+    streamer = build_streamer(settings, clients,
+                              on_credentials=lambda c: redactor.add(c.access_token.value))
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
@@ -91,20 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             keys=args.keys, mode=args.mode, feed_url=args.feed_url, redis_url=args.redis_url,
             auto_stop=False if args.no_auto_stop else None, instance_id=args.instance_id,
         )  # fmt: skip
-        credentials = CredentialSource(
-            secret_arn=settings.secret_arn,
-            secrets_client=secrets_client() if settings.secret_arn else None,
-        )
-        first = credentials.read()
-    except (ConfigError, CredentialsError) as exc:
+        clients = build_clients(settings)
+        first = clients.credentials.read()
+    except (ConfigError, CredentialsError, SecretError) as exc:
         print(f"streamer: {exc}", file=sys.stderr)
         return 2
     redactor = configure_logging(settings.log_level)
     redactor.add(first.access_token.value)
-    redactor.add(settings.redis_password.value)
+    redactor.add(settings.redis.auth_token.value)
     tune_gc()
     try:
-        return asyncio.run(serve(settings, credentials, redactor))
+        return asyncio.run(serve(settings, clients, redactor))
     except CredentialsError as exc:
         log.error("%s", exc)
         return 2

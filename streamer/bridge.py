@@ -451,6 +451,10 @@ class RelayBridge:
         self._refs_cache = (epoch, shards, refs, time.monotonic())
         return refs, live
 
+    async def close(self) -> None:
+        """Close the Redis client the bridge was built with (after `run` has ended)."""
+        await self._redis.aclose()
+
     async def close_window(self) -> list[dict[str, Any]]:
         """Close the current window: publish its values, invoke the fan-outs, adapt."""
         window = self.conflator.drain()

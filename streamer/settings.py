@@ -4,6 +4,8 @@
 |---------------------------------|---------------------------|----------------------------------|
 | REDIS_URL                       | redis://127.0.0.1:6379/0  | cache, pub/sub, registry         |
 | REDIS_AUTH_TOKEN                |                           | AUTH token when not in the URL   |
+| REDIS_AUTH_SECRET_ARN           |                           | or a secret holding it           |
+| REDIS_SOCKET_TIMEOUT / _CONNECT_TIMEOUT / REDIS_RETRIES | 10 / 3 / 1 | see core.redis_client |
 | DHAN_CLIENT_ID                  |                           | DhanHQ client id (local runs)    |
 | DHAN_ACCESS_TOKEN               |                           | DhanHQ access token (local runs) |
 | DHAN_SECRET_ARN                 |                           | Secrets Manager secret (AWS)     |
@@ -30,9 +32,9 @@
 | STREAMER_EMF_METRICS            | true                      | CloudWatch EMF line per heartbeat|
 
 Credentials: DHAN_CLIENT_ID + DHAN_ACCESS_TOKEN, or DHAN_SECRET_ARN naming a secret whose
-SecretString is JSON `{"client_id": "...", "access_token": "..."}` (also accepted: `clientId`,
-`DHAN_CLIENT_ID`, `accessToken`, `token`, `DHAN_ACCESS_TOKEN`; a client id missing from the
-secret falls back to DHAN_CLIENT_ID). `CredentialSource` re-reads them when the feed says the
+SecretString is JSON `{"client_id": "...", "access_token": "..."}` (the other accepted field
+names are `core.secrets.DHAN_*_FIELDS`; a client id missing from the secret falls back to
+DHAN_CLIENT_ID). `CredentialSource` re-reads them when the feed says the
 token expired (807): the environment mapping again, or the secret again.
 """
 
@@ -49,9 +51,11 @@ from typing import Any, Protocol
 
 import orjson
 
-from core.config import DEFAULT_FEED_URL, DEFAULT_REDIS_URL, WS_MODES, Env, Secret
+from core.config import DEFAULT_FEED_URL, WS_MODES, Env, Secret
 from core.errors import ConfigError, InvalidKeyError
 from core.instruments import InstrumentKey, parse_keys, split_keys
+from core.redis_client import RedisSettings
+from core.secrets import DHAN_CLIENT_FIELDS, DHAN_TOKEN_FIELDS
 from streamer.errors import CredentialsError
 from streamer.market_hours import MarketHours, parse_clock
 from streamer.planner import MAX_CONNECTIONS, MAX_PER_CONNECTION
@@ -69,8 +73,8 @@ class SecretsClient(Protocol):
     def get_secret_value(self, *, SecretId: str) -> Mapping[str, Any]: ...
 
 
-_CLIENT_ID_FIELDS = ("client_id", "clientId", "DHAN_CLIENT_ID")
-_TOKEN_FIELDS = ("access_token", "accessToken", "token", "DHAN_ACCESS_TOKEN")
+_CLIENT_ID_FIELDS = DHAN_CLIENT_FIELDS  # one secret shape for every reader (core.secrets)
+_TOKEN_FIELDS = DHAN_TOKEN_FIELDS
 
 
 def _first(document: Mapping[str, Any], names: tuple[str, ...]) -> str:
@@ -139,14 +143,18 @@ class CredentialSource:
         return self.read()
 
 
+# Fail fast (one retry) and let the streamer's own loops (sink backoff, key source, lease) do
+# the retrying; commands may wait for a busy Redis, connecting may not.
+STREAMER_REDIS = RedisSettings(socket_timeout=10.0, connect_timeout=3.0, retries=1)
+
+
 def default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    redis_url: str = DEFAULT_REDIS_URL
-    redis_password: Secret = field(default_factory=lambda: Secret(""))
+    redis: RedisSettings = field(default_factory=lambda: STREAMER_REDIS)
     feed_url: str = DEFAULT_FEED_URL
     mode: str = "quote"
     keys: tuple[InstrumentKey, ...] = ()
@@ -169,6 +177,10 @@ class Settings:
     log_level: str = "INFO"
     emit_metrics: bool = True
     shutdown_timeout: float = 8.0  # graceful part of the 10 s SIGTERM budget
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
 
 
 def _keys(csv: str, origin: str) -> tuple[InstrumentKey, ...]:
@@ -220,8 +232,11 @@ def load_settings(
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"STREAMER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level}")
     return Settings(
-        redis_url=redis_url or env.text("REDIS_URL", DEFAULT_REDIS_URL),
-        redis_password=env.secret("REDIS_AUTH_TOKEN"),
+        redis=RedisSettings.from_env(
+            env, socket_timeout=STREAMER_REDIS.socket_timeout,
+            connect_timeout=STREAMER_REDIS.connect_timeout, retries=STREAMER_REDIS.retries,
+            url=redis_url,
+        ),  # fmt: skip
         feed_url=url,
         mode=chosen_mode,
         keys=_keys(keys, "--keys") if keys is not None else _keys(

@@ -14,16 +14,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from redis import Redis
-from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
-from redis.credentials import CredentialProvider
-from redis.retry import Retry
 from redis.utils import HIREDIS_AVAILABLE
 
 from core.names import WS_CONNECTIONS_KEY
+from core.redis_client import sync_client
 from functions.api.observability import ApiMetrics
 from functions.dhan_rest import SdkSourceCache
-from functions.secrets import SecretsCache, SecretsClient, resolve_redis_password
+from functions.secrets import SecretsCache, secrets_for
 from functions.settings import Settings
 from functions.streams import EcsStreamerService, StreamerService
 
@@ -35,27 +33,6 @@ if TYPE_CHECKING:
 
 SERVICE_NAME = "ltp-api"
 T = TypeVar("T")
-
-
-class SecretPassword(CredentialProvider):
-    """Redis AUTH from REDIS_AUTH_TOKEN or the secret named by REDIS_AUTH_SECRET_ARN, read for
-    each new connection through the secrets cache, so a rotated token is picked up by the next
-    connection instead of needing a cold start."""
-
-    def __init__(self, settings: Settings, *, secrets: SecretsCache | None) -> None:
-        self._settings = settings
-        self._secrets = secrets
-
-    def get_credentials(self) -> tuple[str]:
-        return (resolve_redis_password(self._settings, secrets=self._secrets).value,)
-
-
-def secrets_for(settings: Settings) -> SecretsCache | None:
-    """A Secrets Manager cache when any ARN is configured (boto3 built on first read)."""
-    if not settings.uses_secrets_manager:
-        return None
-    return SecretsCache(client_factory=_boto3_secrets_client,
-                        ttl_seconds=settings.secrets_cache_seconds)  # fmt: skip
 
 
 class StrCommandPacker(HiredisRespSerializer):
@@ -81,22 +58,12 @@ class StrCommandPacker(HiredisRespSerializer):
 
 
 def connect_redis(settings: Settings, *, secrets: SecretsCache | None = None) -> Redis:
-    """A client with short timeouts and one immediate retry (a pooled socket that went stale
-    while the Lambda was frozen); Redis being down must become a quick 503, not a hang.
-    Nothing connects until the first command."""
+    """The API's client (`core.redis_client`, the API's short timeouts and one retry), with
+    the str command packer. Nothing connects until the first command."""
     extra: dict[str, Any] = {}
-    if settings.redis_auth_secret_arn or settings.redis_auth_token:
-        extra["credential_provider"] = SecretPassword(settings, secrets=secrets)
     if HIREDIS_AVAILABLE:
         extra["command_packer"] = StrCommandPacker()
-    return Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_connect_timeout,
-        retry=Retry(NoBackoff(), 1),
-        health_check_interval=30,
-        **extra,
-    )
+    return sync_client(settings.redis, secrets=secrets, **extra)
 
 
 def count_connections(redis: Redis, *, now: float | None = None) -> int:
@@ -167,13 +134,6 @@ class ApiDeps:
             secrets=secrets,
             streamer_service=service,
         )
-
-
-def _boto3_secrets_client() -> SecretsClient:
-    import boto3
-
-    client: SecretsClient = boto3.client("secretsmanager")
-    return client
 
 
 def _boto3_ecs_client() -> ECSClient:

@@ -12,9 +12,10 @@ from typing import Any
 from mangum import Mangum
 
 from functions.api.application import create_app
-from functions.api.deps import ApiDeps, connect_redis, secrets_for
+from functions.api.deps import ApiDeps, connect_redis
 from functions.api.observability import flushes_metrics, logger, new_metrics
 from functions.api.router import LambdaRouter
+from functions.secrets import secrets_for
 from functions.settings import Settings
 
 settings = Settings.from_env()

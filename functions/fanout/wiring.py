@@ -8,10 +8,12 @@ from typing import Any
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from core.errors import ConfigError
 from functions.fanout.core import Fanout, FanoutResult
 from functions.registry import ConnectionRegistry
+from functions.secrets import SecretsCache, secrets_for
 from functions.settings import Settings
-from functions.ws.management import management_client
+from functions.ws.management import ManagementApi, management_client
 from functions.ws.settings import RealtimeSettings
 from functions.ws.wiring import redis_client
 
@@ -36,20 +38,35 @@ def metrics_emitter(metrics: Metrics) -> Emit:
     return emit
 
 
-def build() -> tuple[Fanout, Emit]:
-    settings = Settings.from_env()
-    realtime = RealtimeSettings.from_env()
-    if not settings.websocket_callback_url:
-        raise RuntimeError("WEBSOCKET_CALLBACK_URL must name the @connections endpoint")
-    client = redis_client(settings)
-    fanout = Fanout(
+def build_fanout(
+    settings: Settings,
+    realtime: RealtimeSettings,
+    *,
+    secrets: SecretsCache | None = None,
+    management: ManagementApi | None = None,
+) -> Fanout:
+    """The fan-out from its settings; `management` stands in for `@connections` (the local
+    run posts into its gateway in-process), else WEBSOCKET_CALLBACK_URL is posted to."""
+    if management is None and not settings.websocket_callback_url:
+        raise ConfigError("WEBSOCKET_CALLBACK_URL must name the @connections endpoint")
+    if secrets is None:
+        secrets = secrets_for(settings)
+    client = redis_client(settings, secrets=secrets)
+    if management is None:
+        management = management_client(settings.websocket_callback_url,
+                                       max_pool_connections=realtime.fanout_workers)
+    return Fanout(
         registry=ConnectionRegistry(redis=client, shards=realtime.shards,
                                     max_keys=realtime.max_keys),
-        management=management_client(settings.websocket_callback_url,
-                                     max_pool_connections=realtime.fanout_workers),
+        management=management,
         max_workers=realtime.fanout_workers,
         max_message_bytes=realtime.fanout_max_message_bytes,
         retry_seconds=realtime.fanout_retry_seconds,
     )
+
+
+def build() -> tuple[Fanout, Emit]:
+    settings = Settings.from_env()
+    fanout = build_fanout(settings, RealtimeSettings.from_env())
     metrics = Metrics(namespace=settings.metrics_namespace, service="fanout")
     return fanout, metrics_emitter(metrics)

@@ -11,21 +11,13 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from redis import Redis
-
+from core.redis_client import sync_client
 from functions.schedule.control import RegistryStreamControl
 from functions.schedule.nse_calendar import load_shipped
 from functions.schedule.runner import MarketHoursScheduler, utc_now
-from functions.secrets import SecretsCache, SecretsClient, resolve_redis_password
+from functions.secrets import SecretsCache, secrets_for
 from functions.settings import Settings
 from functions.streams import EcsStreamerService, StreamerService
-
-
-def _secrets_client() -> SecretsClient:
-    import boto3
-
-    client: SecretsClient = boto3.client("secretsmanager")
-    return client
 
 
 def build_scheduler(
@@ -36,17 +28,9 @@ def build_scheduler(
     clock: Callable[[], datetime] = utc_now,
 ) -> MarketHoursScheduler:
     settings = Settings.from_env(environ)
-    if secrets is None and settings.redis_auth_secret_arn:
-        secrets = SecretsCache(
-            client_factory=_secrets_client, ttl_seconds=settings.secrets_cache_seconds
-        )
-    password = resolve_redis_password(settings, secrets=secrets).value
-    redis = Redis.from_url(
-        settings.redis_url,
-        password=password or None,
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_connect_timeout,
-    )
+    if secrets is None:
+        secrets = secrets_for(settings)
+    redis = sync_client(settings.redis, secrets=secrets)
     if service is None and settings.streamer_managed:
         import boto3
 

@@ -1,4 +1,5 @@
-"""Builds the real clients of the WebSocket handlers from the environment (entry points only)."""
+"""The WebSocket handlers' wiring: their clients, built from their settings (entry points and
+the local run call `build_app`; nothing else builds these clients)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,20 @@ from collections.abc import Callable
 
 import redis
 
+from core.redis_client import sync_client
 from functions.registry import ConnectionRegistry
-from functions.secrets import SecretsCache, resolve_ws_token_secret
+from functions.secrets import SecretsCache, resolve_ws_token_secret, secrets_for
 from functions.settings import Settings
 from functions.ws.app import Event, WsApp
 from functions.ws.management import ManagementApi, management_client
 from functions.ws.settings import RealtimeSettings
 
+ManagementFor = Callable[[Event], ManagementApi]
 
-def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_connect_timeout,
-        health_check_interval=30,
-    )
+
+def redis_client(settings: Settings, *, secrets: SecretsCache | None,
+                 max_connections: int | None = None) -> redis.Redis:
+    return sync_client(settings.redis, secrets=secrets, max_connections=max_connections)
 
 
 def callback_url(settings: Settings, event: Event) -> str:
@@ -32,9 +32,7 @@ def callback_url(settings: Settings, event: Event) -> str:
     return f"https://{context.get('domainName')}/{context.get('stage')}"
 
 
-def management_for_events(
-    settings: Settings, *, pool: int = 10
-) -> Callable[[Event], ManagementApi]:
+def management_for_events(settings: Settings, *, pool: int = 10) -> ManagementFor:
     clients: dict[str, ManagementApi] = {}
     lock = threading.Lock()
 
@@ -48,30 +46,33 @@ def management_for_events(
     return pick
 
 
-def token_secret_reader(settings: Settings) -> Callable[[], str]:
-    secrets = None
-    if settings.ws_token_secret_arn:
-        import boto3
-
-        secrets = SecretsCache(client_factory=lambda: boto3.client("secretsmanager"),
-                               ttl_seconds=settings.secrets_cache_seconds)
-
+def token_secret_reader(settings: Settings, *,
+                        secrets: SecretsCache | None) -> Callable[[], str]:
     def read() -> str:
         return resolve_ws_token_secret(settings, secrets=secrets).value
 
     return read
 
 
-def build_app(settings: Settings | None = None,
-              realtime: RealtimeSettings | None = None) -> WsApp:
+def build_app(
+    settings: Settings | None = None,
+    realtime: RealtimeSettings | None = None,
+    *,
+    secrets: SecretsCache | None = None,
+    management: ManagementFor | None = None,
+) -> WsApp:
+    """`management` stands in for API Gateway's `@connections` (the local run's gateway);
+    by default each event's own API is posted to (or WEBSOCKET_CALLBACK_URL)."""
     settings = settings or Settings.from_env()
     realtime = realtime or RealtimeSettings.from_env()
-    client = redis_client(settings)
+    if secrets is None:
+        secrets = secrets_for(settings)
+    client = redis_client(settings, secrets=secrets)
     return WsApp(
         registry=ConnectionRegistry(redis=client, shards=realtime.shards,
                                     max_keys=realtime.max_keys),
         redis=client,
-        management=management_for_events(settings),
-        token_secret=token_secret_reader(settings),
+        management=management or management_for_events(settings),
+        token_secret=token_secret_reader(settings, secrets=secrets),
         max_message_bytes=realtime.max_client_message_bytes,
     )

@@ -26,7 +26,7 @@ from streamer.bridge import (
     next_window,
     split_payloads,
 )
-from streamer.bridge_main import BridgeSettings
+from streamer.bridge_main import BridgeSettings, build_bridge
 from streamer.bridge_main import main as bridge_main
 from tests.realtime_support import update, wait_for
 
@@ -341,4 +341,21 @@ def test_bridge_settings_from_the_environment() -> None:
     with pytest.raises(ConfigError, match="WS_WINDOW_MAX_MS"):
         BridgeSettings.from_env({"WS_WINDOW_MIN_MS": "500", "WS_WINDOW_MAX_MS": "100"})
     with pytest.raises(ConfigError, match="FANOUT_FUNCTION_NAME"):
-        asyncio.run(bridge_main(BridgeSettings.from_env({})))
+        build_bridge(BridgeSettings.from_env({}))
+
+
+def test_bridge_main_exits_2_naming_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bridge_main({}) == 2
+    assert "FANOUT_FUNCTION_NAME" in capsys.readouterr().err
+    assert bridge_main({"FANOUT_FUNCTION_NAME": "fn", "REDIS_AUTH_TOKEN": "  "}) == 2
+    assert "REDIS_AUTH_TOKEN is set but blank" in capsys.readouterr().err
+
+
+def test_the_bridge_client_carries_the_auth_token() -> None:
+    settings = BridgeSettings.from_env({"FANOUT_FUNCTION_NAME": "fn",
+                                        "REDIS_URL": "rediss://cache.example:6379/0",
+                                        "REDIS_AUTH_TOKEN": "s3cret-token"})
+    bridge = build_bridge(settings, invoker=LambdaInvoker(lambda_client=None, function_name="fn"))
+    kwargs = bridge._redis.connection_pool.connection_kwargs
+    assert kwargs["password"] == "s3cret-token" and kwargs["host"] == "cache.example"
+    assert kwargs["ssl_cert_reqs"] == "required" and kwargs["ssl_check_hostname"] is True

@@ -16,8 +16,9 @@ import redis
 from core.messages import loads
 from core.names import HEARTBEAT_KEY, STREAMER_LEASE_KEY
 from local.dhan_sim.feed import FeedSimulator, SimConfig
-from streamer.__main__ import main, redis_client
+from streamer.__main__ import main
 from streamer.settings import load_settings
+from streamer.wiring import build_clients
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,13 +53,13 @@ async def test_the_redis_auth_token_reaches_the_client() -> None:
     settings = load_settings({"REDIS_URL": "rediss://cache.example:6379/0",
                               "REDIS_AUTH_TOKEN": "s3cret-token"})
     assert "s3cret" not in repr(settings)
-    client = redis_client(settings)
+    client = build_clients(settings).redis
     try:
         kwargs = client.connection_pool.connection_kwargs
         assert kwargs["password"] == "s3cret-token" and kwargs["host"] == "cache.example"
     finally:
         await client.aclose()
-    plain = redis_client(load_settings({}))
+    plain = build_clients(load_settings({})).redis
     try:
         assert plain.connection_pool.connection_kwargs.get("password") is None
     finally:
