@@ -50,6 +50,10 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 SCHEMES = ("redis://", "rediss://", "unix://")
+# What a deployable needs in AWS to reach the cache: Lambdas read the token's secret, the
+# Fargate containers get the token injected by ECS.
+LAMBDA_REDIS_ENV = ("REDIS_URL", "REDIS_AUTH_SECRET_ARN")
+CONTAINER_REDIS_ENV = ("REDIS_URL", "REDIS_AUTH_TOKEN")
 # Pauses between retries: 20 ms, 40 ms, ... capped at 500 ms, each jittered (many clients
 # retrying one failover must not reconnect in step).
 BACKOFF_BASE_SECONDS = 0.02

@@ -217,6 +217,7 @@ class SyncRedis(Protocol):
     def zcount(self, name: str, min: float | str, max: float | str) -> Any: ...
     def hget(self, name: str, key: str) -> Any: ...
     def hkeys(self, name: str) -> Any: ...
+    def close(self) -> None: ...
 
 
 def shard_of(connection_id: str, shards: int) -> int:
@@ -300,6 +301,10 @@ class ConnectionRegistry:
 
     def _data_expiry(self) -> int:
         return int(time.time()) + self._lifetime + names.WS_EXPIRY_MARGIN_SECONDS
+
+    def close(self) -> None:
+        """Close the client the registry was built with (its deployable is shutting down)."""
+        self._redis.close()
 
     def shard(self, connection_id: str) -> int:
         raw = self._redis.hget(names.ws_conn_key(connection_id), "shard")

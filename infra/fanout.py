@@ -51,7 +51,6 @@ class Fanout(Construct):
                 **environment,
                 "WEBSOCKET_CALLBACK_URL": callback_url,
                 "FANOUT_MAX_WORKERS": str(max_workers),
-                "POWERTOOLS_SERVICE_NAME": "fanout",
             },
             vpc=vpc,
             subnets=subnets,

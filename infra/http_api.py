@@ -74,7 +74,7 @@ class HttpApi(Construct):
             code=code,
             handler=API_HANDLER,
             description="LTP HTTP API: current prices, stream start/stop, health",
-            environment={**environment, "POWERTOOLS_SERVICE_NAME": "api"},
+            environment=environment,
             vpc=vpc,
             subnets=subnets,
             security_group=security_group,

@@ -49,7 +49,7 @@ class MarketSchedule(Construct):
             code=code,
             handler=SCHEDULE_HANDLER,
             description="LTP market-hours start/stop (skips NSE holidays)",
-            environment={**environment, "POWERTOOLS_SERVICE_NAME": "schedule"},
+            environment=environment,
             vpc=vpc,
             subnets=subnets,
             security_group=security_group,

@@ -137,14 +137,15 @@ class LtpStack(Stack):
             "REDIS_URL": self.cache.redis_url,
             "REDIS_AUTH_SECRET_ARN": self.cache.auth_secret.secret_arn,
             "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
-            "WS_SHARDS": str(settings.ws_shards),
         }
+        # The WebSocket handlers and the fan-out must agree on the shard count.
+        realtime_env = {**base_env, "WS_SHARDS": str(settings.ws_shards)}
 
         self.websocket = WebSocketApi(
             self,
             "WebSocket",
             code=code,
-            environment=base_env,
+            environment=realtime_env,
             authorizer_environment={
                 "WS_TOKEN_SECRET_ARN": self.ws_token_secret.secret_arn,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
@@ -159,7 +160,7 @@ class LtpStack(Stack):
             self,
             "Fanout",
             code=code,
-            environment=base_env,
+            environment=realtime_env,
             callback_url=self.websocket.callback_url,
             memory_mib=settings.fanout_memory_mib,
             timeout=Duration.seconds(settings.fanout_timeout_seconds),
@@ -187,7 +188,6 @@ class LtpStack(Stack):
             stop_timeout=Duration.seconds(settings.streamer_stop_timeout_seconds),
             ws_mode=settings.ws_mode,
             stream_keys=settings.stream_keys,
-            ws_shards=settings.ws_shards,
             post_budget_per_second=settings.post_budget_per_second,
             log_retention=retention,
         )
@@ -210,7 +210,6 @@ class LtpStack(Stack):
                 "DHAN_SECRET_ARN": self.dhan_secret.secret_arn,
                 "ADMIN_SECRET_ARN": self.admin_secret.secret_arn,
                 "WS_TOKEN_SECRET_ARN": self.ws_token_secret.secret_arn,
-                "WEBSOCKET_CALLBACK_URL": self.websocket.callback_url,
                 "DHANHQ_WS_MODE": settings.ws_mode,
             },
             memory_mib=settings.lambda_memory_mib,
@@ -220,8 +219,6 @@ class LtpStack(Stack):
             **function_network,
         )
         schedule_env = {**base_env, **stream_control_env}
-        if settings.stream_keys:
-            schedule_env["STREAM_KEYS"] = settings.stream_keys
         self.schedule = MarketSchedule(
             self,
             "Schedule",

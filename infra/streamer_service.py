@@ -44,7 +44,6 @@ class StreamerService(Construct):
         stop_timeout: Duration,
         ws_mode: str,
         stream_keys: str,
-        ws_shards: int,
         post_budget_per_second: int,
         log_retention: logs.RetentionDays,
     ) -> None:
@@ -76,8 +75,6 @@ class StreamerService(Construct):
             "DHAN_SECRET_ARN": dhan_secret.secret_arn,
             "DHANHQ_WS_MODE": ws_mode,
             "STREAMER_AUTO_STOP": "false",
-            "POWERTOOLS_SERVICE_NAME": "streamer",
-            "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
         }
         if stream_keys:
             streamer_env["STREAM_KEYS"] = stream_keys
@@ -104,10 +101,7 @@ class StreamerService(Construct):
             environment={
                 **redis_env,
                 "FANOUT_FUNCTION_NAME": fanout_function.function_name,
-                "WS_SHARDS": str(ws_shards),
                 "WS_POST_BUDGET_PER_SECOND": str(post_budget_per_second),
-                "POWERTOOLS_SERVICE_NAME": "bridge",
-                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             },
             secrets=redis_secrets,
             stop_timeout=stop_timeout,

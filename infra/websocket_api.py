@@ -61,7 +61,7 @@ class WebSocketApi(Construct):
                 code=code,
                 handler=handler,
                 description=description,
-                environment={**env, "POWERTOOLS_SERVICE_NAME": f"ws-{construct_id.lower()}"},
+                environment=env,
                 vpc=vpc,
                 subnets=subnets,
                 security_group=security_group,

@@ -1,13 +1,19 @@
 """Find or start a Redis for the local run and the tests.
 
-Order: a reachable `REDIS_URL` (or 127.0.0.1:6379), else a private `redis-server` on a free
-port when one is installed, else fakeredis's embedded TCP server (no persistence, good enough
-for a laptop demo and for tests of this fallback).
+`redis_for_local_use` (the tests): a reachable `REDIS_URL` (or 127.0.0.1:6379), else a private
+`redis-server` on a free port when one is installed, else fakeredis's embedded TCP server (no
+persistence, good enough for a laptop demo and for tests of this fallback).
+
+`redis_for_the_stack` (`ltp-local`): a given URL wins; else a private `redis-server` that
+requires AUTH with a random password per run, so the local stack takes the path to Redis the
+deployed one takes (ElastiCache with an AUTH token); else the embedded server, which also
+requires the password.
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import shutil
 import socket
 import subprocess
@@ -15,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
@@ -26,6 +32,8 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 class RedisHandle:
     url: str
     kind: str  # "existing", "private" or "embedded"
+    # AUTH of a server started here, kept apart from the URL as REDIS_AUTH_TOKEN is in AWS.
+    password: str = field(default="", repr=False)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -35,16 +43,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def ping(url: str, timeout: float = 0.5) -> bool:
+def ping(url: str, timeout: float = 0.5, *, password: str = "") -> bool:
     """Speak just enough RESP to know a Redis answers at `url`."""
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+    secret = password or parsed.password
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            if parsed.password:
+            if secret:
                 user = parsed.username or "default"
                 auth = f"*3\r\n$4\r\nAUTH\r\n${len(user)}\r\n{user}\r\n"
-                auth += f"${len(parsed.password)}\r\n{parsed.password}\r\n"
+                auth += f"${len(secret)}\r\n{secret}\r\n"
                 sock.sendall(auth.encode())
                 sock.recv(64)
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
@@ -53,28 +62,36 @@ def ping(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
-def _wait_until_up(url: str, deadline: float) -> None:
+def _wait_until_up(url: str, deadline: float, password: str = "") -> None:
     while time.monotonic() < deadline:
-        if ping(url, timeout=0.2):
+        if ping(url, timeout=0.2, password=password):
             return
         time.sleep(0.05)
     raise RuntimeError(f"Redis at {url} did not answer in time")
 
 
 @contextlib.contextmanager
-def private_redis_server(binary: str) -> Iterator[RedisHandle]:
+def private_redis_server(binary: str, *, password: str = "") -> Iterator[RedisHandle]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="ltp-redis-") as workdir:
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"]
+        if password:
+            # Through a config file on stdin, not argv: `ps` would show an argument.
+            args.insert(1, "-")
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"],
+            args,
+            stdin=subprocess.PIPE if password else subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        if password and proc.stdin is not None:
+            proc.stdin.write(f'requirepass "{password}"\n'.encode())
+            proc.stdin.close()
         url = f"redis://127.0.0.1:{port}/0"
         try:
-            _wait_until_up(url, time.monotonic() + 10)
-            yield RedisHandle(url, "private")
+            _wait_until_up(url, time.monotonic() + 10, password)
+            yield RedisHandle(url, "private", password)
         finally:
             proc.terminate()
             try:
@@ -119,18 +136,20 @@ def _error_keeping_handler() -> type:
 
 
 @contextlib.contextmanager
-def embedded_redis_server() -> Iterator[RedisHandle]:
+def embedded_redis_server(*, password: str = "") -> Iterator[RedisHandle]:
     from fakeredis import TcpFakeServer
 
     port = free_port()
     server: Any = TcpFakeServer(("127.0.0.1", port), server_type="redis")
     server.RequestHandlerClass = _error_keeping_handler()
+    if password:
+        server.fake_server.config[b"requirepass"] = password.encode()
     thread = threading.Thread(target=server.serve_forever, daemon=True, name="fakeredis")
     thread.start()
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        _wait_until_up(url, time.monotonic() + 10)
-        yield RedisHandle(url, "embedded")
+        _wait_until_up(url, time.monotonic() + 10, password)
+        yield RedisHandle(url, "embedded", password)
     finally:
         server.shutdown()
         server.server_close()
@@ -151,4 +170,23 @@ def redis_for_local_use(url: str | None = None) -> Iterator[RedisHandle]:
             yield handle
     else:
         with embedded_redis_server() as handle:
+            yield handle
+
+
+@contextlib.contextmanager
+def redis_for_the_stack(url: str | None = None) -> Iterator[RedisHandle]:
+    """`ltp-local`'s Redis: the given URL (it must answer), else one started here that
+    requires a random password."""
+    if url:
+        if not ping(url):
+            raise RuntimeError(f"no Redis answers at {url}")
+        yield RedisHandle(url, "existing")
+        return
+    password = secrets.token_urlsafe(24)
+    binary = shutil.which("redis-server")
+    if binary:
+        with private_redis_server(binary, password=password) as handle:
+            yield handle
+    else:
+        with embedded_redis_server(password=password) as handle:
             yield handle

@@ -23,12 +23,14 @@ from typing import Any
 
 from core.config import Env
 from core.errors import ConfigError, SecretError
-from core.redis_client import RedisSettings, async_client
+from core.redis_client import CONTAINER_REDIS_ENV, RedisSettings, async_client
 from core.runtime import tune_gc
 from core.secrets import SecretsManagerReader
 from streamer.bridge import DEFAULT_BUDGET_PER_SECOND, Invoker, LambdaInvoker, RelayBridge
 
 log = logging.getLogger("streamer.bridge")
+
+REQUIRED_ENV = {"__main__": (*CONTAINER_REDIS_ENV, "FANOUT_FUNCTION_NAME")}
 
 # A pub/sub reader waits for messages with its own timeout; commands may take a while on a
 # busy cache, connecting may not.
@@ -59,6 +61,10 @@ class BridgeSettings:
         if settings.max_window < settings.min_window:
             raise ConfigError("WS_WINDOW_MAX_MS must be >= WS_WINDOW_MIN_MS")
         return settings
+
+
+def read_settings(environ: Mapping[str, str] | None = None) -> BridgeSettings:
+    return BridgeSettings.from_env(environ)
 
 
 def build_bridge(settings: BridgeSettings, *, invoker: Invoker | None = None,

@@ -105,11 +105,15 @@ class CredentialSource:
     def secret_arn(self) -> str:
         return self._secret_arn
 
+    def from_environment(self) -> Credentials:
+        """DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN as the environment has them (maybe empty)."""
+        env = Env(self._environ)
+        return Credentials(env.text("DHAN_CLIENT_ID"), env.secret("DHAN_ACCESS_TOKEN"))
+
     def read(self) -> Credentials:
         """Blocking read (a Secrets Manager call when an ARN is set)."""
-        env = Env(self._environ)
-        client_id = env.text("DHAN_CLIENT_ID")
-        token = env.secret("DHAN_ACCESS_TOKEN")
+        given = self.from_environment()
+        client_id, token = given.client_id, given.access_token
         if self._secret_arn and self._secrets is not None:
             document = self._read_secret(self._secrets, self._secret_arn)
             client_id = _first(document, _CLIENT_ID_FIELDS) or client_id

@@ -8,10 +8,28 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from core.redis_client import async_client
+from core.redis_client import CONTAINER_REDIS_ENV, async_client
 from core.secrets import SecretsManagerReader
 from streamer.service import Streamer
-from streamer.settings import Credentials, CredentialSource, SecretsClient, Settings
+from streamer.settings import (
+    Credentials,
+    CredentialSource,
+    SecretsClient,
+    Settings,
+    load_settings,
+)
+
+# What the container needs in AWS (tests/infra check the task definition passes all of it).
+# The streamer would run after the close otherwise: ECS owns stopping it there.
+REQUIRED_ENV = {"__main__": (*CONTAINER_REDIS_ENV, "DHAN_SECRET_ARN", "DHAN_CLIENT_ID",
+                             "DHAN_ACCESS_TOKEN", "STREAMER_AUTO_STOP")}
+
+
+def read_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Every variable the streamer reads, as `python -m streamer` reads them (no CLI flags)."""
+    settings = load_settings(environ)
+    CredentialSource(environ=environ).from_environment()
+    return settings
 
 
 @dataclass(frozen=True, slots=True)

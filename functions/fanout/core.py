@@ -108,6 +108,7 @@ class Fanout:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._registry.close()
 
     def run(self, payload: Mapping[str, Any]) -> FanoutResult:
         started = self._clock()

@@ -9,6 +9,7 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from core.errors import ConfigError
+from core.redis_client import LAMBDA_REDIS_ENV
 from functions.fanout.core import Fanout, FanoutResult
 from functions.registry import ConnectionRegistry
 from functions.secrets import SecretsCache, secrets_for
@@ -16,6 +17,9 @@ from functions.settings import Settings
 from functions.ws.management import ManagementApi, management_client
 from functions.ws.settings import RealtimeSettings
 from functions.ws.wiring import redis_client
+
+# What the fan-out needs in AWS (tests/infra check the template passes all of it).
+REQUIRED_ENV = {"handler": (*LAMBDA_REDIS_ENV, "WS_SHARDS", "WEBSOCKET_CALLBACK_URL")}
 
 Emit = Callable[[FanoutResult, Mapping[str, Any], Any], dict[str, Any]]
 
@@ -65,8 +69,12 @@ def build_fanout(
     )
 
 
+def read_settings(environ: Mapping[str, str] | None = None) -> tuple[Settings, RealtimeSettings]:
+    return Settings.from_env(environ), RealtimeSettings.from_env(environ)
+
+
 def build() -> tuple[Fanout, Emit]:
-    settings = Settings.from_env()
-    fanout = build_fanout(settings, RealtimeSettings.from_env())
+    settings, realtime = read_settings()
+    fanout = build_fanout(settings, realtime)
     metrics = Metrics(namespace=settings.metrics_namespace, service="fanout")
     return fanout, metrics_emitter(metrics)

@@ -11,13 +11,20 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from core.redis_client import sync_client
+from core.redis_client import LAMBDA_REDIS_ENV, sync_client
 from functions.schedule.control import RegistryStreamControl
 from functions.schedule.nse_calendar import load_shipped
 from functions.schedule.runner import MarketHoursScheduler, utc_now
 from functions.secrets import SecretsCache, secrets_for
 from functions.settings import Settings
 from functions.streams import EcsStreamerService, StreamerService
+
+# What the scheduler needs in AWS (tests/infra check the template passes all of it).
+REQUIRED_ENV = {"handler": (*LAMBDA_REDIS_ENV, "STREAMER_CLUSTER", "STREAMER_SERVICE")}
+
+
+def read_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    return Settings.from_env(environ)
 
 
 def build_scheduler(
@@ -27,7 +34,7 @@ def build_scheduler(
     service: StreamerService | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> MarketHoursScheduler:
-    settings = Settings.from_env(environ)
+    settings = read_settings(environ)
     if secrets is None:
         secrets = secrets_for(settings)
     redis = sync_client(settings.redis, secrets=secrets)

@@ -104,6 +104,10 @@ class WsApp:
         self._token_secret = token_secret
         self._max_message_bytes = max_message_bytes
 
+    @property
+    def registry(self) -> ConnectionRegistry:
+        return self._registry
+
     # --- routes -----------------------------------------------------------------------------
 
     def authorize(self, event: Event) -> dict[str, Any]:

@@ -4,11 +4,11 @@ the local run call `build_app`; nothing else builds these clients)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import redis
 
-from core.redis_client import sync_client
+from core.redis_client import LAMBDA_REDIS_ENV, sync_client
 from functions.registry import ConnectionRegistry
 from functions.secrets import SecretsCache, resolve_ws_token_secret, secrets_for
 from functions.settings import Settings
@@ -17,6 +17,16 @@ from functions.ws.management import ManagementApi, management_client
 from functions.ws.settings import RealtimeSettings
 
 ManagementFor = Callable[[Event], ManagementApi]
+
+# What each handler needs in AWS (tests/infra check the template passes all of it); the
+# handlers and the fan-out must agree on WS_SHARDS.
+_REDIS_HANDLER = (*LAMBDA_REDIS_ENV, "WS_SHARDS")
+REQUIRED_ENV = {"authorize": ("WS_TOKEN_SECRET_ARN",), "connect": _REDIS_HANDLER,
+                "disconnect": _REDIS_HANDLER, "message": _REDIS_HANDLER}
+
+
+def read_settings(environ: Mapping[str, str] | None = None) -> tuple[Settings, RealtimeSettings]:
+    return Settings.from_env(environ), RealtimeSettings.from_env(environ)
 
 
 def redis_client(settings: Settings, *, secrets: SecretsCache | None,
@@ -63,8 +73,8 @@ def build_app(
 ) -> WsApp:
     """`management` stands in for API Gateway's `@connections` (the local run's gateway);
     by default each event's own API is posted to (or WEBSOCKET_CALLBACK_URL)."""
-    settings = settings or Settings.from_env()
-    realtime = realtime or RealtimeSettings.from_env()
+    if settings is None or realtime is None:
+        settings, realtime = read_settings()
     if secrets is None:
         secrets = secrets_for(settings)
     client = redis_client(settings, secrets=secrets)

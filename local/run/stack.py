@@ -7,11 +7,15 @@
       -> local API Gateway (local.apigw: WebSocket + @connections, functions.ws handlers)
     page + HTTP API on one origin (local.run.site: web/, config.json, Mangum handler)
 
-Production code is only imported and run here, never changed: the same handlers, the same
-streamer and bridge, the same FastAPI app behind the same Mangum adapter. What differs from
-AWS is how the parts are hosted: threads stand in for Lambda environments, the bridge calls
-the fan-out in-process instead of `lambda:InvokeAsync`, and the fan-out posts into the local
-gateway directly instead of over HTTPS (its `@connections` HTTP endpoint is up as well).
+Production code is only imported and run here, never changed: each deployable is built by its
+own wiring function (`functions.api.wiring.build`, `functions.ws.wiring.build_app`,
+`functions.fanout.wiring.build_fanout`, `streamer.bridge_main.build_bridge`,
+`streamer.wiring.build_clients`) from settings read out of an environment shaped like the one
+the CDK template gives it, so every part reaches Redis through `core.redis_client` with the
+AUTH token, as in AWS. What differs from AWS is only what lies outside the deployables: threads
+stand in for Lambda environments, the bridge's invoker calls the fan-out in-process instead of
+`lambda:InvokeAsync`, and the fan-out posts into the local gateway directly instead of over
+HTTPS (its `@connections` HTTP endpoint is up as well).
 """
 
 from __future__ import annotations
@@ -130,6 +134,7 @@ class LocalStack:
         self.management = CurrentGateway()
         self.ws_secret = ""
         self.redis_url = ""
+        self.redis_password = ""
         self.redis_kind = ""
         self.feed: FeedChoice | None = None
         self.watchlist: list[dict[str, str]] = []
@@ -174,21 +179,31 @@ class LocalStack:
         await self._register_stream()
 
     async def _start_redis(self) -> None:
-        from local.redis_server import redis_for_local_use
+        from local.redis_server import redis_for_the_stack
 
         try:
-            handle = self.exits.enter_context(redis_for_local_use(self.options.redis_url))
+            handle = self.exits.enter_context(redis_for_the_stack(self.options.redis_url))
         except RuntimeError as exc:
             raise StartupError(str(exc)) from None
         self.redis_url, self.redis_kind = handle.url, handle.kind
-        self.say(f"redis      {handle.url} ({handle.kind})")
+        self.redis_password = handle.password
+        auth = ", AUTH required" if handle.password else ""
+        self.say(f"redis      {handle.url} ({handle.kind}{auth})")
+
+    def _redis_env(self) -> dict[str, str]:
+        """REDIS_URL and, for a server started here, REDIS_AUTH_TOKEN: what ECS gives the
+        containers (the Lambdas get the token's secret ARN instead; same client factory)."""
+        env = {"REDIS_URL": self.redis_url}
+        if self.redis_password:
+            env["REDIS_AUTH_TOKEN"] = self.redis_password
+        return env
 
     async def _load_instruments(self) -> None:
-        import redis
-
+        from core.config import Env
         from core.errors import InstrumentMasterError
+        from core.redis_client import RedisSettings, sync_client
 
-        client = redis.Redis.from_url(self.redis_url)
+        client = sync_client(RedisSettings.from_env(Env(self._redis_env())))
         self.exits.callback(client.close)
         try:
             result = await asyncio.to_thread(load_master, self.options.instruments, redis=client)
@@ -244,46 +259,50 @@ class LocalStack:
     def _functions_env(self) -> dict[str, str]:
         assert self.feed is not None
         env = {k: v for k, v in self.options.environ.items()
-               if not k.endswith("_ARN") and k not in ("STREAMER_CLUSTER", "STREAMER_SERVICE")}
-        self.ws_secret = env.get("WS_TOKEN_SECRET", "") or secrets.token_urlsafe(32)
-        env.update({"REDIS_URL": self.redis_url, "DHAN_CLIENT_ID": self.feed.client_id,
+               if not k.endswith("_ARN") and k not in ("STREAMER_CLUSTER", "STREAMER_SERVICE",
+                                                       "REDIS_AUTH_TOKEN")}
+        if not self.ws_secret:
+            self.ws_secret = env.get("WS_TOKEN_SECRET", "") or secrets.token_urlsafe(32)
+        env.update({"DHAN_CLIENT_ID": self.feed.client_id,
                     "DHAN_ACCESS_TOKEN": self.feed.access_token,
-                    "WS_TOKEN_SECRET": self.ws_secret})
+                    "WS_TOKEN_SECRET": self.ws_secret,
+                    "WS_SHARDS": str(LOCAL_SHARDS), "FANOUT_MAX_WORKERS": str(LOCAL_FANOUT_WORKERS),
+                    **self._redis_env()})
         if self.feed.rest_base_url:
             env["DHAN_API_BASE_URL"] = self.feed.rest_base_url
         return env
 
     def _start_http_api(self) -> Any:
-        from mangum import Mangum
-
-        from functions.api.application import create_app
-        from functions.api.deps import ApiDeps, connect_redis
-        from functions.api.observability import new_metrics
+        from functions.api.wiring import build
         from functions.settings import Settings
         from local.run.lambda_http import LambdaPool
 
         settings = Settings.from_env(self._functions_env())
-        client = connect_redis(settings)
-        self.exits.callback(client.close)
-        app = create_app(ApiDeps.for_settings(settings, redis=client,
-                                              metrics=new_metrics(settings.metrics_namespace)))
-        pool = LambdaPool(lambda: Mangum(app, lifespan="off"), size=4)
+        built: list[Any] = []
+
+        def environment() -> Any:
+            # One wiring per stand-in execution environment, as each Lambda one has its own.
+            wired = build(settings)
+            built.append(wired)
+            return wired.handler
+
+        pool = LambdaPool(environment, size=4)
+        self.exits.callback(lambda: [w.redis.close() for w in built])
         self.exits.callback(pool.close)
         return pool
 
     async def _start_gateway(self, ws_port: int) -> None:
-        import redis
-
-        from functions.registry import ConnectionRegistry
-        from functions.ws.app import WsApp
+        from functions.settings import Settings
+        from functions.ws.settings import RealtimeSettings
+        from functions.ws.wiring import build_app
         from local.apigw import GatewayConfig, Handlers
 
-        client = redis.Redis.from_url(self.redis_url)
-        self.exits.callback(client.close)
-        self.registry = ConnectionRegistry(redis=client, shards=LOCAL_SHARDS)
-        app = WsApp(registry=self.registry, redis=client,
-                    management=lambda event: self.management,
-                    token_secret=lambda: self.ws_secret)
+        env = self._functions_env()
+        settings = Settings.from_env(env)
+        app = build_app(settings, RealtimeSettings.from_env(env),
+                        management=lambda event: self.management)
+        self.registry = app.registry
+        self.exits.callback(self.registry.close)
         self._handlers = Handlers(
             message=lambda e, c: app.message(e),
             connect=lambda e, c: app.connect(e),
@@ -318,42 +337,43 @@ class LocalStack:
             await gateway.stop()
 
     async def _start_bridge(self) -> None:
-        import redis.asyncio as aioredis
+        from functions.fanout.wiring import build_fanout
+        from functions.settings import Settings
+        from functions.ws.settings import RealtimeSettings
+        from streamer.bridge import LocalInvoker
+        from streamer.bridge_main import BridgeSettings, build_bridge
 
-        from functions.fanout.core import Fanout
-        from streamer.bridge import LocalInvoker, RelayBridge
-
-        fanout = Fanout(registry=self.registry, management=self.management,
-                        max_workers=LOCAL_FANOUT_WORKERS)
+        env = self._functions_env()
+        fanout = build_fanout(Settings.from_env(env), RealtimeSettings.from_env(env),
+                              management=self.management)
         self.exits.callback(fanout.close)
         invoker = LocalInvoker(run=fanout.run)
-        client = aioredis.Redis.from_url(self.redis_url)
-        self.exits.push_async_callback(client.aclose)
-        self.bridge = RelayBridge(redis=client, invoker=invoker,
-                                  min_window=self.options.bridge_min_window)
+        window_ms = round(self.options.bridge_min_window * 1000)
+        bridge_env = {**self._redis_env(), "WS_WINDOW_MIN_MS": str(window_ms),
+                      "WS_WINDOW_MAX_MS": str(max(window_ms, 2000))}
+        self.bridge = build_bridge(BridgeSettings.from_env(bridge_env), invoker=invoker)
+        self.exits.push_async_callback(self.bridge.close)
         task = asyncio.create_task(self.bridge.run(), name="bridge")
         self.exits.push_async_callback(invoker.drain)
         self.exits.push_async_callback(_cancel, task)
 
     async def _start_streamer(self) -> None:
-        from redis.asyncio import Redis
-
-        from streamer.service import Streamer
-        from streamer.settings import CredentialSource, load_settings
+        from streamer.settings import load_settings
+        from streamer.wiring import build_clients, build_streamer
 
         assert self.feed is not None
-        env = {k: v for k, v in self.options.environ.items() if k != "DHAN_SECRET_ARN"}
-        env.update({"REDIS_URL": self.redis_url, "DHAN_FEED_URL": self.feed.url,
+        env = {k: v for k, v in self.options.environ.items()
+               if not k.endswith("_ARN") and k != "REDIS_AUTH_TOKEN"}
+        env.update({**self._redis_env(), "DHAN_FEED_URL": self.feed.url,
                     "DHAN_CLIENT_ID": self.feed.client_id,
                     "DHAN_ACCESS_TOKEN": self.feed.access_token,
                     "STREAMER_AUTO_STOP": "false", "STREAMER_EMF_METRICS": "false"})
         if self.feed.kind == "simulator":
             env["STREAMER_ALWAYS_OPEN"] = "true"  # the simulator trades around the clock
         settings = load_settings(env)
-        client = Redis.from_url(self.redis_url, socket_connect_timeout=3, socket_timeout=10)
-        self.exits.push_async_callback(client.aclose)
-        self.streamer = Streamer(settings, redis=client,
-                                 credentials=CredentialSource(environ=env))
+        clients = build_clients(settings, environ=env)
+        self.exits.push_async_callback(clients.redis.aclose)
+        self.streamer = build_streamer(settings, clients)
         task = asyncio.create_task(self.streamer.run(), name="streamer")
 
         async def stop() -> None:
