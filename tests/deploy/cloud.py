@@ -19,7 +19,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -394,22 +393,19 @@ def redis_binary() -> str | None:
     return shutil.which("redis-server")
 
 
-def ist_stop_time(expression: str, timezone: str, *, today: Any = None) -> str:
-    """The planned time EventBridge Scheduler puts into `<aws.scheduler.scheduled-time>` for the
-    last weekday firing of a `cron(M H ? * MON-FRI *)` schedule, as UTC ISO-8601."""
-    from datetime import date, datetime, timedelta
+def scheduled_time(expression: str, timezone: str, *, now: Any = None) -> str:
+    """What EventBridge Scheduler puts into `<aws.scheduler.scheduled-time>`: the planned time
+    of the latest firing of a `cron(M H ? * MON-FRI *)` schedule at or before `now`, in UTC."""
+    from datetime import UTC, datetime, timedelta
     from zoneinfo import ZoneInfo
 
     fields = expression.removeprefix("cron(").removesuffix(")").split()
-    minute, hour, weekdays = int(fields[0]), int(fields[1]), fields[4]
-    if weekdays != "MON-FRI":
-        raise StepFailed(f"schedule days {weekdays}: only MON-FRI is handled here")
-    day: date = today or datetime.now(ZoneInfo(timezone)).date()
-    while day.weekday() >= 5:
-        day -= timedelta(days=1)
-    planned = datetime(day.year, day.month, day.day, hour, minute, tzinfo=ZoneInfo(timezone))
-    return planned.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+    if len(fields) != 6 or fields[2:5] != ["?", "*", "MON-FRI"]:
+        raise StepFailed(f"schedule {expression}: only cron(M H ? * MON-FRI *) is handled here")
+    minute, hour = int(fields[0]), int(fields[1])
+    zone = ZoneInfo(timezone)
+    current = (now or datetime.now(UTC)).astimezone(zone)
+    planned = current.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    while planned > current or planned.weekday() >= 5:
+        planned -= timedelta(days=1)
+    return planned.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

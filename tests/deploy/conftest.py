@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,14 +58,21 @@ def deploy_synth() -> Iterator[Synth]:
     with tempfile.TemporaryDirectory(prefix="ltp-deploy-cdk-") as outdir:
         app = aws_cdk.App(context=context, outdir=outdir)
         _, stack = build_app(app)
-        yield Synth(stack, Template.from_stack(stack).to_json())
+        yield Synth(stack, dict(Template.from_stack(stack).to_json()))
 
 
 @pytest.fixture(scope="session")
 def deploy_workdir() -> Iterator[Path]:
-    """Certificates, logs and port files; removed at the end whatever happened."""
+    """Certificates, logs and port files; removed at the end whatever happened (the logs are
+    copied to LTP_DEPLOY_TEST_LOGS first when it names a directory, e.g. for CI artifacts)."""
     with tempfile.TemporaryDirectory(prefix="ltp-deploy-") as workdir:
-        yield Path(workdir)
+        try:
+            yield Path(workdir)
+        finally:
+            keep = os.environ.get("LTP_DEPLOY_TEST_LOGS")
+            if keep:
+                shutil.copytree(workdir, keep, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("*.key", "*.pem", "*.crt"))
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +85,8 @@ def auth_redis(deploy_workdir: Path) -> Iterator[TlsRedis]:
         with tls_redis(binary, deploy_workdir) as server:
             yield server
     except StepFailed as exc:
-        if "tls" in str(exc).lower() and "unrecognized" in str(exc).lower():
+        # A build without TLS rejects the tls-* directives: "Bad directive ... >>> 'tls-port".
+        if "Bad directive" in str(exc) and "tls-" in str(exc):
             _unavailable(f"this redis-server has no TLS support: {exc}")
         raise
 

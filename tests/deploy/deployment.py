@@ -138,6 +138,11 @@ class Deployment:
         unused = set(deployables.endpoints) - deployables.endpoints_used
         if unused:
             raise StepFailed(f"endpoints never substituted (the template changed shape?): {unused}")
+        for function in deployables.functions.values():
+            callback = function.env.get("WEBSOCKET_CALLBACK_URL")
+            if callback is not None and callback != self.gateway.callback_url:
+                raise StepFailed(f"{function.spec.logical_id}: WEBSOCKET_CALLBACK_URL {callback} "
+                                 f"is not the gateway's {self.gateway.callback_url}")
         self.start_hosts(deployables.functions.values())
         return deployables
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlencode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,12 +39,15 @@ class StepFailed(AssertionError):
 
 def wait_for(what: str, check: Callable[[], T | None], *, timeout: float,
              interval: float = 0.1, last_seen: Callable[[], str] | None = None) -> T:  # fmt: skip
-    """Poll `check` until it returns something other than None/False, at most `timeout` s."""
+    """Poll `check` until it returns something other than None/False, at most `timeout` s.
+    Exceptions count as "not yet" (the last one is reported), except StepFailed."""
     deadline = time.monotonic() + timeout
     error: BaseException | None = None
     while True:
         try:
             value = check()
+        except StepFailed:
+            raise  # the check knows waiting cannot help (a process exited, ...)
         except Exception as exc:  # noqa: BLE001 - remembered for the failure message
             error, value = exc, None
         if value is not None and value is not False:
@@ -196,7 +199,9 @@ class LambdaHost:
                           read_timeout=timeout + 15, max_pool_connections=20),
         )  # fmt: skip
 
-    def invoke(self, event: Any, *, kind: str = "RequestResponse") -> Invocation:
+    def invoke(self, event: Any, *,
+               kind: Literal["RequestResponse", "Event", "DryRun"] = "RequestResponse",
+               ) -> Invocation:  # fmt: skip
         answer = self.client.invoke(FunctionName=self.function_name, InvocationType=kind,
                                     Payload=json.dumps(event).encode())  # fmt: skip
         raw = answer["Payload"].read()

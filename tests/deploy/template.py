@@ -121,8 +121,8 @@ class Resolver:
         if not (isinstance(argument, list) and len(argument) == 2
                 and isinstance(argument[0], str)):  # fmt: skip
             raise Unresolvable(f"{where}: Fn::Join of {argument!r}")
-        delimiter, items = argument
-        values = self.value(items, f"{where}.Fn::Join")
+        delimiter: str = argument[0]
+        values = self.value(argument[1], f"{where}.Fn::Join")
         parts = values if isinstance(values, list) else [values]
         return delimiter.join(parts)
 

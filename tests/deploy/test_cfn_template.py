@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from tests.deploy.cloud import scheduled_time
 from tests.deploy.template import (
     Resolver,
     StandIns,
@@ -140,3 +142,14 @@ def test_routes_and_schedules_follow_the_references() -> None:
     (stop,) = schedules(TEMPLATE)
     assert (stop.target, stop.input, stop.timezone) == ("Fn", '{"action":"stop"}', "Asia/Kolkata")
     assert referenced_ids({"Fn::Sub": ["${Fn.Arn}${X}", {"X": {"Ref": "Api"}}]}) == {"Fn", "Api"}
+
+
+def test_the_scheduled_time_is_the_latest_planned_firing() -> None:
+    stop = "cron(45 15 ? * MON-FRI *)"
+    wednesday_before_the_stop = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)  # 15:30 IST
+    assert scheduled_time(stop, "Asia/Kolkata", now=wednesday_before_the_stop) == (
+        "2026-12-01T10:15:00Z")
+    monday_morning = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+    assert scheduled_time(stop, "Asia/Kolkata", now=monday_morning) == "2026-11-27T10:15:00Z"
+    assert scheduled_time(stop, "Asia/Kolkata", now=datetime(2026, 12, 2, 10, 15, tzinfo=UTC)
+                          ) == "2026-12-02T10:15:00Z"

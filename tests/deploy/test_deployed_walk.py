@@ -11,19 +11,30 @@ now with trustme, trusted through SSL_CERT_FILE, verification on), the execute-a
 the local gateway, AWS service endpoints -> moto / the fan-out's Lambda host (AWS_ENDPOINT_URL_*),
 DHAN_FEED_URL / DHAN_API_BASE_URL -> the DhanHQ simulator and its REST stand-in.
 
-The one override that is not an endpoint: STREAMER_ALWAYS_OPEN=true on the streamer container
-(the clock: it refuses to stream outside NSE hours). The scheduled stop is the template's
-`Target.Input` of the stop schedule with `<aws.scheduler.scheduled-time>` filled in as
-EventBridge Scheduler fills it (the planned time of the last weekday's firing; a stop is never
-skipped whatever the day, so the date does not decide anything here).
+Besides its template environment each process gets what its platform provides (region and
+dummy credentials, as Lambda and Fargate do; the image's own `ENV` lines from
+streamer/Dockerfile for containers; the variables Lambda sets, from the Lambda host), the moto
+endpoints, SSL_CERT_FILE, PYTHONPATH = the repository root (the image installs the same
+packages), PATH/HOME/LANG, and nothing else. The one override that is not an endpoint:
+STREAMER_ALWAYS_OPEN=true on the streamer container (the clock: it refuses to stream outside
+NSE hours).
+
+The scheduled stop is the stop schedule's `Target.Input` from the template, with
+`<aws.scheduler.scheduled-time>` filled in as EventBridge Scheduler fills it (the planned time
+of the latest weekday firing; a stop is never skipped whatever the day, so the date decides
+nothing here).
 
 CDK's own functions (custom resources, the bucket deployment) are not project code and are not
 run; the walk prints them.
 
 `test_walk` reports every step (passed / FAILED / blocked by an earlier failure) and fails at the
-end with the tails of every process's output. `test_dropping_the_token_fails` runs each
-deployable that talks to Redis without its auth variable and shows it fails with an
-authentication error: with the walk passing, that proves no deployable can drop the token.
+end with the tails of every process's output (LTP_DEPLOY_TEST_LOGS=DIR keeps all the logs).
+`test_dropping_the_token_fails` runs each deployable that talks to Redis without its auth
+variable and shows it fails with an authentication error. Together: the walk needs every
+deployable, each needs the token, so the walk fails when any deployable drops it (checked
+against the tree before the Redis client factory, where the bridge and the WebSocket handlers
+ignored it: exactly the bridge and connect steps failed, and with the fan-out's client built
+without the token: exactly the live-updates step failed).
 """
 
 from __future__ import annotations
@@ -42,7 +53,14 @@ from urllib.parse import quote
 import pytest
 
 from core.names import LIVE_LTP_CHANNEL, WS_CONNECTIONS_KEY, ltp_key
-from tests.deploy.cloud import Cloud, Feed, Synth, ist_stop_time, resolve_deployables
+from tests.deploy.cloud import (
+    Cloud,
+    Feed,
+    Synth,
+    TlsRedis,
+    resolve_deployables,
+    scheduled_time,
+)
 from tests.deploy.deployment import Deployment, Services
 from tests.deploy.harness import FunctionFailed, Process, StepFailed, http_call, wait_for
 
@@ -153,12 +171,38 @@ def test_every_redis_deployable_is_covered(deploy_synth: Synth, cloud: Cloud) ->
             found[f"container:{container.name}"] = CONTAINER_AUTH in container.env
     assert sorted(found) == sorted(REDIS_DEPLOYABLES)
     assert all(found.values()), f"no auth variable in the template: {found}"
-    for function in resolved.functions.values():
-        if "REDIS_URL" in function.env:
-            assert function.env["REDIS_URL"] == f"rediss://127.0.0.1:{cloud.redis.port}/0"
+    envs = [f.env for f in resolved.functions.values()] + [c.env for c in resolved.containers]
+    for env in envs:
+        if "REDIS_URL" in env:  # the template's own Join, with the endpoint substituted
+            assert env["REDIS_URL"] == f"rediss://127.0.0.1:{cloud.redis.port}/0"
     assert resolved.skipped, "CDK's own functions are expected in the template"
     print("\nnot run (not project code):\n" + "\n".join(
         f"  {lid}: {why}" for lid, why in sorted(resolved.skipped.items())))
+
+
+def test_the_cache_speaks_tls_only_verified_and_requires_auth(auth_redis: TlsRedis) -> None:
+    """Like the stack's ElastiCache: no plaintext port, a certificate that is verified (this
+    process trusts the test CA only when told to), and AUTH required."""
+    import redis
+
+    plain = redis.Redis(host="127.0.0.1", port=auth_redis.port, socket_timeout=2,
+                        socket_connect_timeout=2)  # fmt: skip
+    with pytest.raises(redis.ConnectionError):
+        plain.ping()
+    plain.close()
+    unverified = redis.Redis.from_url(auth_redis.url, password=auth_redis.password,
+                                      socket_timeout=2, socket_connect_timeout=2)  # fmt: skip
+    with pytest.raises(redis.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        unverified.ping()
+    unverified.close()
+    anonymous = redis.Redis.from_url(auth_redis.url, ssl_ca_certs=str(auth_redis.ca_file),
+                                     socket_timeout=2, socket_connect_timeout=2)  # fmt: skip
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    anonymous.close()
+    client = auth_redis.client()
+    assert client.ping()
+    client.close()
 
 
 # --- dropping the token ---------------------------------------------------------------------
@@ -478,7 +522,7 @@ def test_walk(deploy_synth: Synth, cloud: Cloud, feed: Feed, deploy_workdir: Pat
         def scheduled_stop() -> str:
             assert len(stops) == 1, stops
             schedule = stops[0]
-            planned = ist_stop_time(schedule.expression, schedule.timezone)
+            planned = scheduled_time(schedule.expression, schedule.timezone)
             text = schedule.input.replace(SCHEDULED_TIME, planned)
             assert "<aws.scheduler." not in text, f"unknown context attribute in {text}"
             host = deployment.hosts[schedule.target]
