@@ -2,14 +2,20 @@
 
 Shapes follow the WebSocket API Lambda proxy integration: `requestContext` carries `routeKey`,
 `eventType` (CONNECT | MESSAGE | DISCONNECT), `connectionId`, `domainName`, `stage`, `apiId`,
-`requestId`, `connectedAt` (ms), `identity.sourceIp`; `$connect` adds headers and query string,
-a message adds `body` and `isBase64Encoded`, `$disconnect` adds the close code and reason. The
-`$connect` REQUEST authorizer gets `type`, `methodArn`, headers and query string.
+`requestId`, `connectedAt` (ms), `identity.sourceIp` (and `identity.userAgent` when the client
+sent one); `$connect` adds the client's headers plus the ones API Gateway adds
+(`X-Amzn-Trace-Id`, `X-Forwarded-For|Port|Proto`) and, only when there is one, the query string;
+a message adds `body` and `isBase64Encoded`; `$disconnect` adds the close code and reason and
+API Gateway's fixed headers. The `$connect` REQUEST authorizer (payload 1.0) gets `type`,
+`methodArn`, the same headers, the query string (`{}` when empty) and `stageVariables`.
+`tests/local/test_event_shapes.py` checks all of them against powertools' models and AWS's
+published sample events.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 import uuid
 from collections.abc import Mapping
@@ -52,7 +58,7 @@ def request_context(info: ConnectionInfo, *, route_key: str, event_type: str,
         "stage": info.stage,
         "connectedAt": info.connected_at_ms,
         "requestTimeEpoch": int(current * 1000),
-        "identity": {"sourceIp": info.source_ip, "userAgent": info.user_agent},
+        "identity": _identity(info),
         "requestId": request_id,
         "domainName": info.domain_name,
         "connectionId": info.connection_id,
@@ -63,6 +69,13 @@ def request_context(info: ConnectionInfo, *, route_key: str, event_type: str,
     return context
 
 
+def _identity(info: ConnectionInfo) -> dict[str, str]:
+    # AWS sends `userAgent` only when the client sent a User-Agent header.
+    if info.user_agent:
+        return {"sourceIp": info.source_ip, "userAgent": info.user_agent}
+    return {"sourceIp": info.source_ip}
+
+
 def method_arn(info: ConnectionInfo, route_key: str = "$connect") -> str:
     return f"arn:aws:execute-api:local:000000000000:{info.api_id}/{info.stage}/{route_key}"
 
@@ -71,12 +84,40 @@ def _multi(values: Mapping[str, str]) -> dict[str, list[str]]:
     return {k: [v] for k, v in values.items()}
 
 
+def _trace_id(info: ConnectionInfo) -> str:
+    # X-Ray's `Root=1-{epoch seconds, hex}-{96 bits, hex}`, one per connection (the authorizer
+    # and `$connect` see the same request).
+    digest = hashlib.sha256(info.connection_id.encode()).hexdigest()[:24]
+    return f"Root=1-{info.connected_at_ms // 1000:08x}-{digest}"
+
+
+def _handshake_headers(info: ConnectionInfo) -> dict[str, str]:
+    """The client's handshake headers plus the ones API Gateway adds to them."""
+    headers = dict(info.headers)
+    lowered = {name.lower(): name for name in headers}
+    forwarded = lowered.get("x-forwarded-for")
+    port = info.domain_name.rpartition(":")[2] if ":" in info.domain_name else "80"
+    added = {
+        "X-Amzn-Trace-Id": _trace_id(info),
+        # API Gateway appends the address it saw to what the client's proxies sent.
+        "X-Forwarded-For": (f"{headers[forwarded]}, {info.source_ip}" if forwarded
+                            else info.source_ip),
+        "X-Forwarded-Port": port,
+        "X-Forwarded-Proto": "http",  # the local gateway is plain ws:// (AWS: https, 443)
+    }
+    for name, value in added.items():
+        headers.pop(lowered.get(name.lower(), name), None)
+        headers[name] = value
+    return headers
+
+
 def authorizer_event(info: ConnectionInfo) -> dict[str, Any]:
+    headers = _handshake_headers(info)
     return {
         "type": "REQUEST",
         "methodArn": method_arn(info),
-        "headers": dict(info.headers),
-        "multiValueHeaders": _multi(info.headers),
+        "headers": headers,
+        "multiValueHeaders": _multi(headers),
         "queryStringParameters": dict(info.query),
         "multiValueQueryStringParameters": _multi(info.query),
         "stageVariables": {},
@@ -85,14 +126,14 @@ def authorizer_event(info: ConnectionInfo) -> dict[str, Any]:
 
 
 def connect_event(info: ConnectionInfo) -> dict[str, Any]:
-    return {
-        "headers": dict(info.headers),
-        "multiValueHeaders": _multi(info.headers),
-        "queryStringParameters": dict(info.query) or None,
-        "multiValueQueryStringParameters": _multi(info.query) or None,
-        "requestContext": request_context(info, route_key="$connect", event_type="CONNECT"),
-        "isBase64Encoded": False,
-    }
+    headers = _handshake_headers(info)
+    event: dict[str, Any] = {"headers": headers, "multiValueHeaders": _multi(headers)}
+    if info.query:  # absent, not null, without a query string
+        event["queryStringParameters"] = dict(info.query)
+        event["multiValueQueryStringParameters"] = _multi(info.query)
+    event["requestContext"] = request_context(info, route_key="$connect", event_type="CONNECT")
+    event["isBase64Encoded"] = False
+    return event
 
 
 def message_event(info: ConnectionInfo, route_key: str, data: str | bytes) -> dict[str, Any]:
@@ -108,9 +149,11 @@ def disconnect_event(info: ConnectionInfo, *, status_code: int, reason: str) -> 
     context = request_context(info, route_key="$disconnect", event_type="DISCONNECT")
     context["disconnectStatusCode"] = status_code
     context["disconnectReason"] = reason
+    # The headers AWS sends on `$disconnect`: the host and three empty ones.
+    headers = {"Host": info.domain_name, "x-api-key": "", "X-Forwarded-For": "", "x-restapi": ""}
     return {
-        "headers": {"Host": info.domain_name},
-        "multiValueHeaders": {"Host": [info.domain_name]},
+        "headers": headers,
+        "multiValueHeaders": _multi(headers),
         "requestContext": context,
         "isBase64Encoded": False,
     }

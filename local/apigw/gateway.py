@@ -4,6 +4,8 @@
   and handler during the handshake (a Deny answers 403, an authorizer exception 401, a non-2xx
   `$connect` its own status), selects routes on `$request.body.action`, runs every handler
   (sync, in a worker thread) with API Gateway-shaped events, and runs `$disconnect` on close.
+  Routes have no route response: a handler's return value is never sent to the client (a
+  failing one gets API Gateway's `{"message": "Internal server error", ...}`).
   Enforces the 128 KB message limit (larger closes with 1009), the idle timeout (10 min) and
   the maximum duration (2 h), both configurable.
 - HTTP side (a plain ASGI app on uvicorn): `POST|GET|DELETE /{stage}/@connections/{id}`, answering
@@ -282,11 +284,19 @@ class LocalApiGateway:
                 route = events.select_route(data, self.handlers.routes)
                 event = events.message_event(info, route, data)
                 try:
+                    # No route has a route response (as in infra/websocket_api.py), so what
+                    # the handler returns never reaches the client: replies go through
+                    # @connections.
                     await self._call(self.handlers.for_route(route), event)
                 except Exception:
                     log.exception("route %s failed for %s", route, info.connection_id)
+                    # What API Gateway itself sends the client when the integration fails.
+                    request_id = event["requestContext"]["requestId"]
+                    failure = ('{"message": "Internal server error", '
+                               f'"connectionId":"{info.connection_id}", '
+                               f'"requestId":"{request_id}"}}')
                     with contextlib.suppress(ConnectionClosed):
-                        await socket_.send('{"message": "Internal server error"}')
+                        await socket_.send(failure)
         except ConnectionClosed:
             pass
         finally:

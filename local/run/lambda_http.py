@@ -54,6 +54,7 @@ def http_api_event(
         # API Gateway joins repeated headers with commas.
         merged[lowered] = f"{merged[lowered]},{value}" if lowered in merged else value
     host = merged.get("host", "localhost")
+    _add_gateway_headers(merged, host=host, source_ip=source_ip, now=current)
     text_body, encoded = _event_body(body, merged.get("content-type", ""))
     event: dict[str, Any] = {
         "version": "2.0",
@@ -86,6 +87,17 @@ def http_api_event(
     if text_body is not None:
         event["body"] = text_body
     return event
+
+
+def _add_gateway_headers(headers: dict[str, str], *, host: str, source_ip: str,
+                         now: float) -> None:
+    """The headers API Gateway adds to every request (AWS: https on 443; locally plain http)."""
+    headers["x-amzn-trace-id"] = f"Root=1-{int(now):08x}-{secrets.token_hex(12)}"
+    forwarded = headers.get("x-forwarded-for")
+    headers["x-forwarded-for"] = f"{forwarded}, {source_ip}" if forwarded else source_ip
+    port = host.rpartition(":")[2] if host.rpartition(":")[2].isdigit() else "80"
+    headers["x-forwarded-port"] = port
+    headers["x-forwarded-proto"] = "http"
 
 
 def _event_body(body: bytes, content_type: str) -> tuple[str | None, bool]:
