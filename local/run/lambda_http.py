@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
 
@@ -29,6 +30,17 @@ TEXT_TYPES = ("text/", "application/json", "application/x-www-form-urlencoded", 
 
 def _request_time(now: float) -> str:
     return time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now))
+
+
+def _query_parameters(query_string: str) -> dict[str, Any]:
+    """`queryStringParameters` as API Gateway sends it: decoded, repeated names joined by
+    commas, and absent when there is no query string."""
+    if not query_string:
+        return {}
+    merged: dict[str, str] = {}
+    for name, value in parse_qsl(query_string, keep_blank_values=True):
+        merged[name] = f"{merged[name]},{value}" if name in merged else value
+    return {"queryStringParameters": merged}
 
 
 def http_api_event(
@@ -62,6 +74,7 @@ def http_api_event(
         "rawPath": path,
         "rawQueryString": query_string,
         "headers": merged,
+        **_query_parameters(query_string),
         "requestContext": {
             "accountId": "000000000000",
             "apiId": api_id,

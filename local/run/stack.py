@@ -80,6 +80,20 @@ class FeedChoice:
     rest_base_url: str | None
 
 
+# What the parts import when they start; checked first, so a half-installed environment is
+# named at once rather than after Redis and the feed are already up.
+RUNTIME_MODULES = ("redis", "websockets", "orjson", "fastapi", "mangum", "uvicorn", "boto3",
+                   "aws_lambda_powertools")
+
+
+def check_dependencies() -> None:
+    """Raises ModuleNotFoundError naming the first runtime package that cannot be imported."""
+    import importlib
+
+    for name in RUNTIME_MODULES:
+        importlib.import_module(name)
+
+
 def sample_keys() -> list[InstrumentKey]:
     with open_source(SAMPLE_PATH) as lines:
         return [i.key for i in _parse(lines)]
@@ -162,6 +176,7 @@ class LocalStack:
     # --- start ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        check_dependencies()
         opts = self.options
         ws_port = opts.ws_port if opts.ws_port is not None else (opts.port + 1 if opts.port else 0)
         self._web_socket = bind(opts.host, opts.port, "page and HTTP API")

@@ -479,11 +479,6 @@ def test_http_api_events_are_shaped_as_aws_sends_them(request_: dict[str, Any]) 
     assert ("body" in event) == bool(request_["body"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "AWS sends queryStringParameters (decoded, repeated names joined by commas) whenever there "
-    "is a query string; http_api_event leaves it out. Adding it breaks tests/local/"
-    "test_run_http.py::test_the_event_has_the_shape_api_gateway_delivers, which compares an "
-    "event WITH a query string to the key set of a sample WITHOUT one (see the report)."))
 def test_http_api_events_carry_query_string_parameters() -> None:
     event = http_api_event(method="GET", path="/x", query_string="a=1&a=2&b=%3A",
                            headers=[("host", "127.0.0.1:8000")], body=b"",

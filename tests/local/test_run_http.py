@@ -30,7 +30,8 @@ def test_the_event_has_the_shape_api_gateway_delivers() -> None:
         body=b'{"keys": []}', source_ip="10.0.0.9", now=1_795_666_501.5,
     )
     recorded = json.loads((EVENTS / "http_post_current_prices.json").read_text())
-    assert event.keys() - {"cookies"} == recorded.keys()
+    assert event.keys() - {"cookies", "queryStringParameters"} == recorded.keys()
+    assert event["queryStringParameters"] == {"a": "1", "b": "2"}
     assert event["requestContext"].keys() == recorded["requestContext"].keys()
     assert event["requestContext"]["http"].keys() == recorded["requestContext"]["http"].keys()
     assert event["requestContext"]["http"]["method"] == "POST"
