@@ -229,4 +229,23 @@ def async_client(
     )  # fmt: skip
 
 
-__all__ = ["RedisSettings", "SecretCredentials", "async_client", "resolve_password", "sync_client"]
+AUTH_REFUSED = ("Redis refused the AUTH token (REDIS_AUTH_TOKEN / REDIS_AUTH_SECRET_ARN): "
+                "check that it is the cache's current token")
+
+
+async def check_auth(client: redis.asyncio.Redis) -> None:
+    """A start-up PING for the long-lived services: a refused AUTH token is a `ConfigError`
+    (exit 2, so ECS shows a failing task instead of one retrying forever); Redis being
+    unreachable is not, the services' own loops wait for it."""
+    from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
+
+    try:
+        await client.ping()
+    except (AuthenticationError, AuthorizationError) as exc:
+        raise ConfigError(AUTH_REFUSED) from exc
+    except RedisError:
+        pass
+
+
+__all__ = ["RedisSettings", "SecretCredentials", "async_client", "check_auth", "resolve_password",
+           "sync_client"]

@@ -98,6 +98,7 @@ def private_redis_server(binary: str, *, password: str = "") -> Iterator[RedisHa
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(5)
 
 
 class _ErrorReplies:

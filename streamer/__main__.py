@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 
 from core.errors import ConfigError, SecretError
+from core.redis_client import check_auth
 from core.runtime import tune_gc
 from streamer.errors import CredentialsError
 from streamer.logs import Redactor, configure_logging
@@ -58,6 +59,7 @@ async def serve(settings: Settings, clients: StreamerClients, redactor: Redactor
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
+        await check_auth(redis)
         return await streamer.run()
     finally:
         await redis.aclose()
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_gc()
     try:
         return asyncio.run(serve(settings, clients, redactor))
-    except CredentialsError as exc:
+    except (CredentialsError, ConfigError) as exc:
         log.error("%s", exc)
         return 2
     except Exception:

@@ -451,6 +451,10 @@ class RelayBridge:
         self._refs_cache = (epoch, shards, refs, time.monotonic())
         return refs, live
 
+    @property
+    def redis(self) -> Any:
+        return self._redis
+
     async def close(self) -> None:
         """Close the Redis client the bridge was built with (after `run` has ended)."""
         await self._redis.aclose()

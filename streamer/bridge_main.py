@@ -23,7 +23,7 @@ from typing import Any
 
 from core.config import Env
 from core.errors import ConfigError, SecretError
-from core.redis_client import CONTAINER_REDIS_ENV, RedisSettings, async_client
+from core.redis_client import CONTAINER_REDIS_ENV, RedisSettings, async_client, check_auth
 from core.runtime import tune_gc
 from core.secrets import SecretsManagerReader
 from streamer.bridge import DEFAULT_BUDGET_PER_SECOND, Invoker, LambdaInvoker, RelayBridge
@@ -89,6 +89,11 @@ def build_bridge(settings: BridgeSettings, *, invoker: Invoker | None = None,
 
 
 async def serve(bridge: RelayBridge) -> None:
+    try:
+        await check_auth(bridge.redis)
+    except ConfigError:
+        await bridge.close()
+        raise
     task = asyncio.create_task(bridge.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -108,7 +113,11 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         print(f"bridge: {exc}", file=sys.stderr)
         return 2
     tune_gc()
-    asyncio.run(serve(bridge))
+    try:
+        asyncio.run(serve(bridge))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     return 0
 
 
