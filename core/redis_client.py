@@ -242,7 +242,7 @@ async def check_auth(client: redis.asyncio.Redis) -> None:
     try:
         await client.ping()
     except (AuthenticationError, AuthorizationError) as exc:
-        raise ConfigError(AUTH_REFUSED) from exc
+        raise ConfigError(f"{AUTH_REFUSED} ({type(exc).__name__}: {exc})") from exc
     except RedisError:
         pass
 
