@@ -70,7 +70,8 @@ async def serve(args: argparse.Namespace, *, ready: Callable[[object], None] | N
         print(f"ltp-local: --keys: {exc}", file=sys.stderr)
         return 2
     options = StackOptions(
-        host=args.host, port=args.port, ws_port=args.ws_port, redis_url=args.redis_url,
+        host=args.host, port=args.port, ws_port=args.ws_port,
+        redis_url=args.redis_url or os.environ.get("REDIS_URL", "").strip() or None,
         feed_url=args.feed_url, use_simulator=args.simulator, rate=args.rate, keys=keys,
         environ=dict(os.environ),
     )
