@@ -15,6 +15,9 @@ from streamer.decoder import Disconnect, PrevClose, Ticker, decode_frame
 
 
 def test_sync_clients_stream_and_faults_cross_threads() -> None:
+    # Other simulators may run for the whole session (the deploy-shaped test's feed): only
+    # this one's thread must be gone afterwards.
+    before = {t for t in threading.enumerate() if t.name == "dhan-sim-feed"}
     with ThreadedFeedSimulator(SimConfig(rate=500.0)) as threaded:
         with connect(client.feed_url(threaded.url), compression=None) as ws:
             ws.send(client.subscribe("ticker", [("NSE_EQ", "1333")]))
@@ -30,7 +33,7 @@ def test_sync_clients_stream_and_faults_cross_threads() -> None:
                     packets = decode_frame(ws.recv(timeout=5)).packets  # type: ignore[arg-type]
                     reasons += [p.reason for p in packets if isinstance(p, Disconnect)]
             assert reasons == [807]
-    assert not any(t.name == "dhan-sim-feed" for t in threading.enumerate())
+    assert not any(t.name == "dhan-sim-feed" and t not in before for t in threading.enumerate())
 
 
 def test_a_failed_start_is_raised_in_the_caller() -> None:
