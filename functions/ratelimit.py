@@ -6,6 +6,11 @@ wins the slot key `core.names.DHAN_REST_RATELIMIT_KEY`, created with `SET NX PX 
 while the key lives nobody else gets a slot, so grants are at least one interval apart across
 all processes. A loser learns from the key's PTTL how long to wait. Both steps run in one Lua
 script so the answer is atomic and costs one round trip.
+
+The script's reply says "granted" in its own field, never through the wait: a PTTL of 0 (the
+slot key expires within the current millisecond, which callers waking together at the end of
+an interval hit often) once read as "0 ms to wait = granted" and let two calls through 1 ms
+apart. A refusal now always waits at least 1 ms, and only a `SET NX` that succeeded grants.
 """
 
 from __future__ import annotations
@@ -13,23 +18,46 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from redis import Redis
 
 from core.names import DHAN_REST_RATELIMIT_KEY
 
-# Returns 0 when the slot was taken by us, else the milliseconds until it frees.
+# Returns {1, seconds, microseconds} (the server's TIME at the grant) when the SET NX took the
+# slot for us, else {0, wait_ms} with wait_ms >= 1. TIME comes after the write, which even
+# verbatim script replication (Redis < 5) allows.
 _ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 0
+  local now = redis.call('TIME')
+  return {1, now[1], now[2]}
 end
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
+if ttl == -1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   ttl = tonumber(ARGV[2])
 end
-return ttl
+if ttl < 1 then
+  ttl = 1
+end
+return {0, ttl}
 """
+
+MIN_WAIT = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try for the slot.
+
+    granted      True only when this call took the slot (its SET NX succeeded)
+    wait         seconds until the slot frees: 0.0 when granted, else at least `MIN_WAIT`
+    server_time  the Redis server's clock at the grant (seconds since the epoch), else None
+    """
+
+    granted: bool
+    wait: float
+    server_time: float | None = None
 
 
 class RateLimiter:
@@ -49,18 +77,25 @@ class RateLimiter:
         self._sleep = sleep
         self._script = redis.register_script(_ACQUIRE)
 
-    def try_acquire(self) -> float:
-        """Take the slot if free: 0.0 on success, else the seconds until it frees."""
+    def attempt(self) -> Attempt:
+        """Take the slot if free; say whether we did, and how long a loser should wait."""
         token = uuid.uuid4().hex
-        wait_ms = int(self._script(keys=[self._key], args=[token, self._interval_ms]))
-        return wait_ms / 1000.0
+        reply = self._script(keys=[self._key], args=[token, self._interval_ms])
+        if int(reply[0]) == 1:
+            return Attempt(True, 0.0, int(reply[1]) + int(reply[2]) / 1_000_000)
+        # The script never answers a refusal with less than 1 ms; keep that true here as well.
+        return Attempt(False, max(MIN_WAIT, int(reply[1]) / 1000.0))
+
+    def try_acquire(self) -> float:
+        """Take the slot if free: 0.0 on success, else the seconds until it frees (>= 1 ms)."""
+        return self.attempt().wait
 
     def acquire(self, *, deadline: float) -> bool:
         """Wait for a slot until `deadline` (a value of `clock`); False when it would pass it."""
         while True:
-            wait = self.try_acquire()
-            if wait <= 0.0:
+            attempt = self.attempt()
+            if attempt.granted:
                 return True
-            if self._clock() + wait > deadline:
+            if self._clock() + attempt.wait > deadline:
                 return False
-            self._sleep(wait)
+            self._sleep(attempt.wait)
