@@ -37,8 +37,8 @@ from websockets.exceptions import (
     WebSocketException,
 )
 
+from core.backoff import Backoff
 from core.instruments import InstrumentKey
-from streamer.backoff import Backoff
 from streamer.coalescer import Coalescer
 from streamer.decoder import Disconnect, Packet
 from streamer.failures import Action, Failure, Kind, Verdict, classify

@@ -22,12 +22,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.backoff import Backoff
 from core.errors import InvalidKeyError
 from core.instruments import InstrumentKey, parse_key, split_keys
 from core.messages import loads
 from core.names import CONTROL_CHANNEL, INSTRUMENT_SYMBOLS_KEY, STREAM_PATTERN
 from streamer.aio import raise_if_cancelled
-from streamer.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from streamer.backoff import Backoff
+from core.backoff import Backoff
 from streamer.coalescer import Coalescer
 from streamer.connection import FeedConnection, TokenKeeper
 from streamer.errors import LeaseLostError

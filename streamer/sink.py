@@ -27,10 +27,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.backoff import Backoff
 from core.messages import Update, batch_update, dumps
 from core.names import LIVE_LTP_CHANNEL, LTP_PREFIX, LTP_TTL_SECONDS
 from streamer.aio import raise_if_cancelled
-from streamer.backoff import Backoff
 from streamer.coalescer import Coalescer
 from streamer.errors import SinkError
 

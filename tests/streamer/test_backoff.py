@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from streamer.backoff import Backoff
+from core.backoff import Backoff
 
 
 def test_full_jitter_stays_within_the_exponential_ceiling() -> None:

@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from core.backoff import Backoff
 from core.config import Secret
 from core.instruments import InstrumentKey
 from local.dhan_sim import packets
 from local.dhan_sim.feed import FeedSimulator, SimConfig
-from streamer.backoff import Backoff
 from streamer.coalescer import Coalescer
 from streamer.connection import FeedConnection, State, TokenKeeper, feed_url, mask_url
 from streamer.settings import Credentials, CredentialSource

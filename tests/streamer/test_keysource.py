@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from core.backoff import Backoff
 from core.instruments import InstrumentKey
 from core.names import CONTROL_CHANNEL, INSTRUMENT_SYMBOLS_KEY, stream_key
-from streamer.backoff import Backoff
 from streamer.keysource import DesiredKeys, KeySource
 from tests.streamer.support import CuttableProxy, cancel_and_wait
 

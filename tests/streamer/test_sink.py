@@ -10,9 +10,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from core.backoff import Backoff
 from core.messages import loads
 from core.names import LIVE_LTP_CHANNEL
-from streamer.backoff import Backoff
 from streamer.coalescer import Coalescer
 from streamer.sink import RedisSink
 from tests.streamer.support import CuttableProxy, cancel_and_wait

@@ -1,6 +1,10 @@
-"""Reconnect delays: exponential backoff with full jitter, reset after a healthy period.
+"""Retry delays, the one implementation: exponential backoff with jitter, reset after a
+healthy period. Used by the streamer's feed connections, sink, key source and lease, the relay
+bridge's reader and the fan-out's throttled posts.
 
 Full jitter (a uniform delay between 0 and the exponential ceiling) spreads reconnect storms;
+`min_fraction` keeps a part of the ceiling as a floor ("equal jitter" at 0.5) where a retry
+that comes back at once would only be refused again (a throttled post);
 "long" failures (805 too many connections, HTTP 429) add a fixed floor on top, because the feed
 is telling us to slow down. A connection that stayed up for `healthy_after` seconds before
 failing starts again from the smallest delay. Randomness and the numbers are injectable so
@@ -23,10 +27,14 @@ class Backoff:
         cap: float = 60.0,
         long_floor: float = 5.0,
         healthy_after: float = 60.0,
+        min_fraction: float = 0.0,
         rng: Callable[[], float] = random.random,
     ) -> None:
         if base < 0 or cap < 0 or long_floor < 0:
             raise ValueError("backoff delays must be >= 0")
+        if not 0.0 <= min_fraction <= 1.0:
+            raise ValueError("min_fraction must be within [0, 1]")
+        self.min_fraction = min_fraction
         self.base = base
         self.cap = cap
         self.long_floor = long_floor
@@ -47,7 +55,8 @@ class Backoff:
         """
         if healthy_for >= self.healthy_after:
             self.attempts = 0
-        delay = self._rng() * self.ceiling()
+        ceiling = self.ceiling()
+        delay = ceiling * (self.min_fraction + (1.0 - self.min_fraction) * self._rng())
         self.attempts += 1
         return self.long_floor + delay if long else delay
 
