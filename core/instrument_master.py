@@ -42,6 +42,7 @@ from core.names import (
     INSTRUMENT_NAMES_KEY,
     INSTRUMENT_SYMBOLS_KEY,
 )
+from core.redis_client import as_text
 
 SEGMENTS: dict[tuple[str, str], str] = {
     ("NSE", "E"): "NSE_EQ",
@@ -285,7 +286,7 @@ def lookup_symbols(keys: Sequence[InstrumentKey | str], *, redis: SyncRedis) -> 
         return {}
     texts = [str(k) for k in keys]
     values = redis.hmget(INSTRUMENT_SYMBOLS_KEY, texts)
-    return {k: _text(v) for k, v in zip(texts, values, strict=True) if v is not None}
+    return {k: as_text(v) for k, v in zip(texts, values, strict=True) if v is not None}
 
 
 def describe(keys: Sequence[InstrumentKey | str], *, redis: SyncRedis) -> list[dict[str, str]]:
@@ -298,13 +299,9 @@ def describe(keys: Sequence[InstrumentKey | str], *, redis: SyncRedis) -> list[d
     pipe.hmget(INSTRUMENT_NAMES_KEY, texts)
     symbols, names = pipe.execute()
     return [
-        {"key": k, "symbol": _text(s) if s is not None else "", "name": _text(n) if n else ""}
+        {"key": k, "symbol": as_text(s) if s is not None else "", "name": as_text(n) if n else ""}
         for k, s, n in zip(texts, symbols, names, strict=True)
     ]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _chunks(items: Iterable[Instrument], size: int) -> Iterator[list[Instrument]]:

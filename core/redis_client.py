@@ -247,5 +247,11 @@ async def check_auth(client: redis.asyncio.Redis) -> None:
         pass
 
 
-__all__ = ["RedisSettings", "SecretCredentials", "async_client", "check_auth", "resolve_password",
-           "sync_client"]
+__all__ = ["RedisSettings", "SecretCredentials", "as_text", "async_client", "check_auth",
+           "resolve_password", "sync_client"]
+
+
+def as_text(value: bytes | str) -> str:
+    """A reply as text: clients built here do not decode (the fan-out hands JSON bytes on
+    untouched), so names and members come back as bytes."""
+    return value.decode() if isinstance(value, bytes) else value

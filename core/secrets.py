@@ -9,15 +9,18 @@ Secrets Manager shapes (SecretString):
   REDIS_AUTH_SECRET_ARN  the AUTH token itself, or {"REDIS_AUTH_TOKEN"|"token"|"password"|...}
   ADMIN_SECRET_ARN       the key itself, or {"ADMIN_API_KEY"|"admin_api_key"|"api_key"|"key"}
   WS_TOKEN_SECRET_ARN    the key itself, or {"WS_TOKEN_SECRET"|"ws_token_secret"|"secret"}
-  DHAN_SECRET_ARN        {"client_id"|..., "access_token"|...} (see DHAN_*_FIELDS)
+  DHAN_SECRET_ARN        {"client_id"|..., "access_token"|...} (see DHAN_*_FIELDS), read
+                         by `parse_dhan_secret` for the streamer and the Lambda functions alike
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from core.config import Secret
 from core.errors import SecretError
 
 ADMIN_FIELDS = ("ADMIN_API_KEY", "admin_api_key", "api_key", "key")
@@ -81,3 +84,57 @@ def pick_field(text: str, fields: tuple[str, ...], *, allow_plain: bool) -> str:
     if allow_plain:
         return stripped
     raise SecretError(f"secret must be a JSON object with {', '.join(fields)}")
+
+
+@dataclass(frozen=True, slots=True)
+class DhanCredentials:
+    """A DhanHQ client id and access token; falsy unless both are present."""
+
+    client_id: str
+    access_token: Secret
+
+    def __bool__(self) -> bool:
+        return bool(self.client_id and self.access_token)
+
+
+def parse_dhan_secret(text: str, *, fallback_client_id: str = "") -> DhanCredentials:
+    """The DhanHQ secret: a JSON object with a client id (a string, or a number as some
+    writers store it) and an access token under one of the DHAN_*_FIELDS names.
+
+    The client id may be left out of the secret when `fallback_client_id` (DHAN_CLIENT_ID,
+    documented for every deployable) is given: the id is not a secret and is often kept in the
+    environment while only the token rotates. The token never falls back and never appears in
+    an error message; the decoder's error is not chained either, since it holds the text.
+    """
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise SecretError("DhanHQ secret is not a JSON object with a client id and an access "
+                          f"token ({DHAN_CLIENT_FIELDS[0]}, {DHAN_TOKEN_FIELDS[0]})")  # fmt: skip
+    client_id = _first_field(document, DHAN_CLIENT_FIELDS, numbers=True)
+    client_id = client_id or fallback_client_id.strip()
+    token = _first_field(document, DHAN_TOKEN_FIELDS, numbers=False)
+    missing = []
+    if not client_id:
+        missing.append(f"a client id (fields {', '.join(DHAN_CLIENT_FIELDS)}; "
+                       "or DHAN_CLIENT_ID in the environment)")  # fmt: skip
+    if not token:
+        missing.append(f"an access token (fields {', '.join(DHAN_TOKEN_FIELDS)})")
+    if missing:
+        raise SecretError(f"DhanHQ secret lacks {' and '.join(missing)}")
+    return DhanCredentials(client_id, Secret(token))
+
+
+def _first_field(document: Mapping[str, Any], fields: tuple[str, ...], *, numbers: bool) -> str:
+    """The first of `fields` holding a non-blank string (or, with `numbers`, an integer:
+    Dhan client ids are digits and a hand-written secret may store them unquoted)."""
+    for field in fields:
+        value = document.get(field)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        # bool is an int; `true` is not a client id.
+        if numbers and isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+    return ""

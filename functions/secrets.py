@@ -1,7 +1,11 @@
 """Secrets: from the environment locally, from Secrets Manager (by ARN) in AWS, cached.
 
 The shapes a secret may have (plain, or JSON with one of a few field names) are those of
-`core.secrets`, shared with the streamer and the Redis client factory.
+`core.secrets`, shared with the streamer and the Redis client factory; the DhanHQ secret is
+parsed there too (`parse_dhan_secret`, `DhanCredentials` re-exported here). Since that parser
+became the streamer's as well, a client id stored as a JSON number is accepted and one missing
+from the secret falls back to DHAN_CLIENT_ID (before, both fields had to be strings in the
+secret).
 
 The boto3 client is passed in (or a factory for it, so that boto3 is imported only when an
 ARN is actually used). A value is reused for `ttl_seconds`; when a refresh fails the last good
@@ -14,30 +18,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from core.config import Secret
 from core.redis_client import resolve_password
 from core.secrets import (
     ADMIN_FIELDS,
-    DHAN_CLIENT_FIELDS,
-    DHAN_TOKEN_FIELDS,
     WS_TOKEN_FIELDS,
+    DhanCredentials,
     SecretsClient,
     SecretsManagerReader,
+    parse_dhan_secret,
     pick_field,
 )
 from functions.errors import SecretError
 from functions.settings import Settings
-
-
-@dataclass(frozen=True, slots=True)
-class DhanCredentials:
-    client_id: str
-    access_token: Secret
-
-    def __bool__(self) -> bool:
-        return bool(self.client_id and self.access_token)
 
 
 class SecretsCache:
@@ -136,14 +130,16 @@ def resolve_redis_password(settings: Settings, *, secrets: SecretsCache | None) 
 def resolve_dhan_credentials(
     settings: Settings, *, secrets: SecretsCache | None
 ) -> DhanCredentials:
-    """DhanHQ client id and token; falsy when none are configured."""
+    """DhanHQ client id and token; falsy when none are configured.
+
+    With DHAN_SECRET_ARN the secret is read as the streamer reads it (`parse_dhan_secret`):
+    a client id missing from the secret is DHAN_CLIENT_ID's.
+    """
     if settings.dhan_secret_arn:
         if secrets is None:
             raise SecretError("DHAN_SECRET_ARN is set but no Secrets Manager client is available")
-        text = secrets.get(settings.dhan_secret_arn)
-        client_id = pick_field(text, DHAN_CLIENT_FIELDS, allow_plain=False)
-        token = pick_field(text, DHAN_TOKEN_FIELDS, allow_plain=False)
-        return DhanCredentials(client_id, Secret(token))
+        return parse_dhan_secret(secrets.get(settings.dhan_secret_arn),
+                                 fallback_client_id=settings.dhan_client_id)  # fmt: skip
     return DhanCredentials(settings.dhan_client_id, settings.dhan_access_token)
 
 

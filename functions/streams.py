@@ -2,7 +2,10 @@
 
 Registry (seed-compatible): `websocket_stream:{NAME}` holds JSON
   {"name": NAME, "keys": ["NSE_EQ:1333", ...], "mode": "ticker|quote|full", "by": ..., "at": ISO}
-with a 1 h TTL that every start refreshes. The streamer subscribes to the union of all `keys`
+with a 1 h TTL that every start refreshes. The record's writer and its one reader live in
+`core.stream_record`, shared with the streamer; so the API also reads the other writers' forms
+(a bare JSON list, comma-separated keys) and drops non-string keys where it used to treat such
+a record as unreadable. The streamer subscribes to the union of all `keys`
 and re-reads the registry when `{"type": "streams_changed", "name": NAME}` arrives on
 `core.names.CONTROL_CHANNEL`.
 
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from redis import Redis
 
 from core.config import WS_MODES
-from core.messages import dumps, loads, utc_now_iso
+from core.messages import dumps, utc_now_iso
 from core.names import (
     CONTROL_CHANNEL,
     STREAM_PATTERN,
@@ -35,6 +38,8 @@ from core.names import (
     stream_key,
     stream_name,
 )
+from core.redis_client import as_text
+from core.stream_record import StreamRecord, parse_stream_record
 from functions.errors import RegistryBusy, ScalingError, StreamError, StreamLimitError
 
 if TYPE_CHECKING:
@@ -78,12 +83,9 @@ def validate_mode(mode: object) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Stream:
-    name: str
-    keys: tuple[str, ...]
-    mode: str
-    by: str = ""
-    at: str = ""
+class Stream(StreamRecord):
+    """A registered stream: the shared record (`core.stream_record`: fields, JSON writer and
+    reader) plus the API's validation."""
 
     @classmethod
     def create(cls, name: object, keys: Sequence[str], mode: object, *, by: str = "") -> Stream:
@@ -95,30 +97,14 @@ class Stream:
         return cls(validate_name(name), tuple(keys), validate_mode(mode), by[:MAX_BY_LENGTH],
                    utc_now_iso())  # fmt: skip
 
-    def to_json(self) -> bytes:
-        return dumps({"name": self.name, "keys": list(self.keys), "mode": self.mode,
-                      "by": self.by, "at": self.at})  # fmt: skip
-
     @classmethod
     def from_json(cls, name: str, raw: bytes | str) -> Stream | None:
-        """Read a registry value defensively: None when it is not a stream we understand."""
-        try:
-            document = loads(raw)
-        except ValueError:
+        """Read a registry value defensively: None when it is not a stream record
+        (`core.stream_record.parse_stream_record` says which forms are)."""
+        record = parse_stream_record(name, raw)
+        if record is None:
             return None
-        if not isinstance(document, dict):
-            return None
-        keys = document.get("keys")
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            return None
-        mode, by, at = document.get("mode"), document.get("by"), document.get("at")
-        return cls(
-            name,
-            tuple(keys),
-            mode if isinstance(mode, str) else "",
-            by if isinstance(by, str) else "",
-            at if isinstance(at, str) else "",
-        )
+        return cls(record.name, record.keys, record.mode, record.by, record.at, record.dropped)
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "keys": len(self.keys), "mode": self.mode, "by": self.by,
@@ -127,7 +113,7 @@ class Stream:
 
 def read_streams(*, redis: Redis) -> dict[str, Stream | None]:
     """Every registered stream by name (None for a value that is not a valid stream)."""
-    names = sorted({_text(raw) for raw in redis.scan_iter(match=STREAM_PATTERN, count=500)})
+    names = sorted({as_text(raw) for raw in redis.scan_iter(match=STREAM_PATTERN, count=500)})
     if not names:
         return {}
     values = redis.mget(names)
@@ -326,10 +312,6 @@ def registry_lock(*, redis: Redis, wait: float = LOCK_WAIT_SECONDS) -> Iterator[
 
 def _differs(before: Stream | None, after: Stream) -> bool:
     return before is None or before.keys != after.keys or before.mode != after.mode
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _aws_reason(exc: Exception) -> str:

@@ -4,9 +4,11 @@ Desired keys = `--keys` / STREAM_KEYS, then the `keys` list of every `websocket_
 (read with SCAN, never KEYS; streams in name order, keys in their listed order, duplicates
 folded). The registry is re-read whenever anything arrives on `core.names.CONTROL_CHANNEL`
 (the API publishes `{"type": "streams_changed", "name": ...}`) and every `refresh` seconds as a
-safety net for a missed message. Invalid keys are logged once and skipped; a stream whose value
-is not JSON is skipped. While Redis is unreachable the last known set stays in force (a Redis
-blip must not unsubscribe everything). Symbols come from the instrument master hash
+safety net for a missed message. Records are read by `core.stream_record.parse_stream_record`,
+the API's reader too (the seed's and older writers' forms). Invalid keys (non-string items
+included) are counted, logged once and skipped; a value that is no stream record is skipped.
+While Redis is unreachable the last known set stays in force (a Redis blip must not
+unsubscribe everything). Symbols come from the instrument master hash
 (`instruments:symbols`) when it is loaded. A stream's own `mode` field is not used: the feed
 has one mode per instrument and the streamer subscribes everything in DHANHQ_WS_MODE.
 """
@@ -17,16 +19,16 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.backoff import Backoff
 from core.errors import InvalidKeyError
-from core.instruments import InstrumentKey, parse_key, split_keys
-from core.messages import loads
-from core.names import CONTROL_CHANNEL, INSTRUMENT_SYMBOLS_KEY, STREAM_PATTERN
+from core.instruments import InstrumentKey, parse_key
+from core.names import CONTROL_CHANNEL, INSTRUMENT_SYMBOLS_KEY, STREAM_PATTERN, stream_name
+from core.redis_client import as_text
+from core.stream_record import parse_stream_record
 from streamer.aio import raise_if_cancelled
 
 log = logging.getLogger(__name__)
@@ -39,20 +41,6 @@ class DesiredKeys:
     keys: tuple[InstrumentKey, ...]
     symbols: dict[str, str] = field(default_factory=dict)
     streams: int = 0
-
-
-def _stream_keys(raw: bytes | str) -> list[Any] | None:
-    """The keys of a stream record: `{"keys": [...]}` (the API's), a bare JSON list, or, from
-    hand-written or older writers, a comma-separated string in either place."""
-    try:
-        document = loads(raw)
-    except ValueError:
-        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-        document = text if ":" in text else None
-    items = document.get("keys") if isinstance(document, dict) else document
-    if isinstance(items, str):
-        return list(split_keys(items))
-    return items if isinstance(items, list) else None
 
 
 class KeySource:
@@ -88,17 +76,25 @@ class KeySource:
             for name, raw in zip(chunk, await redis.mget(chunk), strict=True):
                 if raw is None:
                     continue  # expired between SCAN and MGET
-                items = _stream_keys(raw)
-                if items is None:
-                    self._report(f"stream {name!r} is not a JSON object with a keys list")
+                try:
+                    key = as_text(name)
+                except UnicodeDecodeError:  # a hand-written name; only a label here
+                    key = name.decode(errors="replace")
+                record = parse_stream_record(stream_name(key), raw)
+                if record is None:
+                    self._report(f"stream {key!r} is not a JSON object with a keys list, a "
+                                 "JSON list of keys or comma-separated keys")  # fmt: skip
                     continue
                 streams += 1
-                for text in items:
+                for item in record.dropped:
+                    self.invalid += 1
+                    self._report(f"skipping key in {key!r}: {item} is not a string")
+                for text in record.keys:
                     try:
                         wanted.setdefault(parse_key(text), None)
                     except InvalidKeyError as exc:
                         self.invalid += 1
-                        self._report(f"skipping key in {name!r}: {exc}")
+                        self._report(f"skipping key in {key!r}: {exc}")
         keys = tuple(wanted)
         return DesiredKeys(keys, await self._lookup_symbols(keys), streams)
 
@@ -113,7 +109,7 @@ class KeySource:
             chunk = unknown[start : start + _CHUNK]
             values = await self._redis.hmget(INSTRUMENT_SYMBOLS_KEY, chunk)
             for text, value in zip(chunk, values, strict=True):
-                self._symbols[text] = value.decode() if isinstance(value, bytes) else value
+                self._symbols[text] = None if value is None else as_text(value)
         found = ((str(k), self._symbols.get(str(k))) for k in keys)
         return {text: symbol for text, symbol in found if symbol}
 

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.names import STREAMER_LEASE_KEY
+from core.redis_client import as_text
 from streamer.aio import raise_if_cancelled
 from streamer.errors import LeaseLostError
 
@@ -60,7 +61,7 @@ class Lease:
 
     async def holder(self) -> str | None:
         value = await self._redis.get(self.key)
-        return value.decode() if isinstance(value, bytes) else value
+        return None if value is None else as_text(value)
 
     async def try_acquire(self) -> bool:
         taken = await self._redis.set(self.key, self.owner, nx=True, px=self._ttl_ms)

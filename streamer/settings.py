@@ -32,9 +32,10 @@
 | STREAMER_EMF_METRICS            | true                      | CloudWatch EMF line per heartbeat|
 
 Credentials: DHAN_CLIENT_ID + DHAN_ACCESS_TOKEN, or DHAN_SECRET_ARN naming a secret whose
-SecretString is JSON `{"client_id": "...", "access_token": "..."}` (the other accepted field
-names are `core.secrets.DHAN_*_FIELDS`; a client id missing from the secret falls back to
-DHAN_CLIENT_ID). `CredentialSource` re-reads them when the feed says the
+SecretString is JSON `{"client_id": "...", "access_token": "..."}`, read by
+`core.secrets.parse_dhan_secret` exactly as the Lambda functions read it (field names
+`core.secrets.DHAN_*_FIELDS`, a numeric client id accepted, a client id missing from the secret
+falls back to DHAN_CLIENT_ID). `CredentialSource` re-reads them when the feed says the
 token expired (807): the environment mapping again, or the secret again.
 """
 
@@ -49,40 +50,23 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
-import orjson
-
-from core.config import DEFAULT_FEED_URL, WS_MODES, Env, Secret
-from core.errors import ConfigError, InvalidKeyError
+from core.config import DEFAULT_FEED_URL, WS_MODES, Env
+from core.errors import ConfigError, InvalidKeyError, SecretError
 from core.instruments import InstrumentKey, parse_keys, split_keys
 from core.redis_client import RedisSettings
-from core.secrets import DHAN_CLIENT_FIELDS, DHAN_TOKEN_FIELDS
+from core.secrets import DhanCredentials, parse_dhan_secret
 from streamer.errors import CredentialsError
 from streamer.market_hours import MarketHours, parse_clock
 from streamer.planner import MAX_CONNECTIONS, MAX_PER_CONNECTION
 
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    client_id: str
-    access_token: Secret
+# One credentials type for every deployable (core.secrets); the name is the streamer's.
+Credentials = DhanCredentials
 
 
 class SecretsClient(Protocol):
     """The part of boto3's Secrets Manager client we use."""
 
     def get_secret_value(self, *, SecretId: str) -> Mapping[str, Any]: ...
-
-
-_CLIENT_ID_FIELDS = DHAN_CLIENT_FIELDS  # one secret shape for every reader (core.secrets)
-_TOKEN_FIELDS = DHAN_TOKEN_FIELDS
-
-
-def _first(document: Mapping[str, Any], names: tuple[str, ...]) -> str:
-    for name in names:
-        value = document.get(name)
-        if isinstance(value, str | int) and str(value).strip():
-            return str(value).strip()
-    return ""
 
 
 class CredentialSource:
@@ -113,32 +97,27 @@ class CredentialSource:
     def read(self) -> Credentials:
         """Blocking read (a Secrets Manager call when an ARN is set)."""
         given = self.from_environment()
-        client_id, token = given.client_id, given.access_token
         if self._secret_arn and self._secrets is not None:
-            document = self._read_secret(self._secrets, self._secret_arn)
-            client_id = _first(document, _CLIENT_ID_FIELDS) or client_id
-            token = Secret(_first(document, _TOKEN_FIELDS))
-            where = f"not in secret {self._secret_arn}"
-        else:
-            where = "set DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN, or DHAN_SECRET_ARN"
-        missing = [n for n, v in (("client id", client_id), ("access token", token.value)) if not v]
+            text = self._read_secret(self._secrets, self._secret_arn)
+            try:
+                return parse_dhan_secret(text, fallback_client_id=given.client_id)
+            except SecretError as exc:  # the message names fields, never the token
+                raise CredentialsError(f"secret {self._secret_arn}: {exc}") from None
+        missing = [n for n, v in (("client id", given.client_id),
+                                  ("access token", given.access_token.value)) if not v]  # fmt: skip
         if missing:
-            raise CredentialsError(f"DhanHQ {' and '.join(missing)} missing ({where})")
-        return Credentials(client_id, token)
+            raise CredentialsError(f"DhanHQ {' and '.join(missing)} missing (set DHAN_CLIENT_ID "
+                                   "and DHAN_ACCESS_TOKEN, or DHAN_SECRET_ARN)")  # fmt: skip
+        return given
 
     @staticmethod
-    def _read_secret(client: SecretsClient, arn: str) -> Mapping[str, Any]:
+    def _read_secret(client: SecretsClient, arn: str) -> str:
         try:
             response = client.get_secret_value(SecretId=arn)
         except Exception as exc:  # botocore's errors are many; the message is what matters
             raise CredentialsError(f"cannot read secret {arn}: {exc}") from exc
-        try:
-            document = orjson.loads(response.get("SecretString") or "")
-        except orjson.JSONDecodeError:
-            raise CredentialsError(f"secret {arn} is not a JSON object") from None
-        if not isinstance(document, dict):
-            raise CredentialsError(f"secret {arn} is not a JSON object")
-        return document
+        value = response.get("SecretString")
+        return value if isinstance(value, str) else ""
 
     async def fetch(self) -> Credentials:
         """`read` without blocking the event loop (the secret call runs in a thread)."""

@@ -159,6 +159,58 @@ def test_resolution_prefers_the_arn_over_the_environment(aws: Any) -> None:
     assert resolve_admin_key(env_only, secrets=None).value == "from-env"
 
 
+DHAN_TOKEN = "tok-Qx7-never-shown"
+
+# (SecretString, DHAN_CLIENT_ID, the (client id, token) read, or None: a SecretError)
+DHAN_SECRETS: list[tuple[str, str, tuple[str, str] | None]] = [
+    ('{"client_id": "1100", "access_token": "t1"}', "env-id", ("1100", "t1")),
+    ('{"dhanClientId": "1100", "accessToken": " t1 "}', "", ("1100", "t1")),
+    ('{"client_id": 1100000001, "token": "t1"}', "", ("1100000001", "t1")),
+    ('{"access_token": "t1"}', "env-id", ("env-id", "t1")),
+    ('{"client_id": true, "access_token": "t1"}', "env-id", ("env-id", "t1")),
+    ('{"client_id": true, "access_token": "t1"}', "", None),
+    ('{"access_token": "t1"}', "", None),
+    ('{"client_id": "1100", "access_token": "  "}', "env-id", None),
+    ('{"client_id": "1100", "access_token": 5, "token": null}', "env-id", None),
+    (f'{{"client_id": false, "access_token": "{DHAN_TOKEN}"}}', "", None),
+    (DHAN_TOKEN, "env-id", None),
+    (f'{{"client_id": "1100", "access_token": "{DHAN_TOKEN}"', "env-id", None),
+]
+
+
+@pytest.mark.parametrize(("text", "env_client_id", "expected"), DHAN_SECRETS)
+def test_the_api_and_the_streamer_read_the_dhan_secret_alike(
+    aws: Any, text: str, env_client_id: str, expected: tuple[str, str] | None
+) -> None:
+    from streamer.errors import CredentialsError
+    from streamer.settings import CredentialSource
+
+    arn = aws.create_secret(Name="dhan", SecretString=text)["ARN"]
+    settings = Settings(dhan_client_id=env_client_id, dhan_access_token=Secret("env-token"),
+                        dhan_secret_arn=arn)  # fmt: skip
+    environ = {"DHAN_CLIENT_ID": env_client_id, "DHAN_ACCESS_TOKEN": "env-token"}
+    streamer = CredentialSource(environ=environ, secret_arn=arn, secrets_client=aws)
+    if expected is None:
+        with pytest.raises(SecretError) as api_error:
+            resolve_dhan_credentials(settings, secrets=SecretsCache(client=aws))
+        with pytest.raises(CredentialsError) as streamer_error:
+            streamer.read()
+        for error in (api_error.value, streamer_error.value):
+            assert DHAN_TOKEN not in str(error)
+            assert error.__cause__ is None
+        assert str(api_error.value) in str(streamer_error.value)
+        return
+    api = resolve_dhan_credentials(settings, secrets=SecretsCache(client=aws))
+    assert (api.client_id, api.access_token.value) == expected
+    assert streamer.read() == api
+
+
+def test_the_dhan_secret_error_is_the_core_one() -> None:
+    import core.errors
+
+    assert SecretError is core.errors.SecretError
+
+
 # --- through the API ---------------------------------------------------------------------------
 
 

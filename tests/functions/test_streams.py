@@ -148,6 +148,31 @@ def test_unreadable_records_are_kept_apart(redis_client: redis.Redis) -> None:
     assert stop_streams(["legacy"], redis=redis_client, service=None).stopped == ["legacy"]
 
 
+def test_other_writers_records_are_read_and_counted(redis_client: redis.Redis) -> None:
+    redis_client.set(stream_key("bare"), json.dumps(["NSE_EQ:5", "NSE_EQ:6"]))
+    redis_client.set(stream_key("plain"), "NSE_EQ:7, NSE_EQ:5")
+    redis_client.set(stream_key("mixed"), json.dumps({"keys": ["NSE_EQ:8", 9], "mode": "full"}))
+    streams = read_streams(redis=redis_client)
+    bare, plain, mixed = streams["bare"], streams["plain"], streams["mixed"]
+    assert bare is not None and bare.keys == ("NSE_EQ:5", "NSE_EQ:6") and bare.mode == ""
+    assert plain is not None and plain.keys == ("NSE_EQ:7", "NSE_EQ:5")
+    assert mixed is not None and (mixed.keys, mixed.mode) == (("NSE_EQ:8",), "full")
+    assert mixed.dropped == ("9",)
+    assert isinstance(mixed, Stream)
+    # Their keys count towards the cap like the API's own records.
+    with pytest.raises(StreamLimitError):
+        start_streams([stream("ok", ["NSE_EQ:1"])], redis=redis_client, service=None,
+                      max_keys=4)  # fmt: skip
+    result = start_streams([stream("ok", ["NSE_EQ:1"])], redis=redis_client, service=None)
+    assert result.total_keys == 5
+    assert result.active_streams == 4
+    # Rewriting a stream drops what the reader dropped; an unchanged one is not re-announced.
+    again = start_streams([stream("mixed", ["NSE_EQ:8"], "full")], redis=redis_client,
+                          service=None)  # fmt: skip
+    assert again.changed == []
+    assert json.loads(redis_client.get(stream_key("mixed")) or b"")["keys"] == ["NSE_EQ:8"]
+
+
 @pytest.mark.parametrize("name", ["", "a" * 65, "has space", "semi;colon", "ü", None, 7])
 def test_bad_names_are_refused(name: Any) -> None:
     with pytest.raises(StreamError, match="stream name"):

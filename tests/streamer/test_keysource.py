@@ -124,3 +124,33 @@ async def test_stream_records_in_other_writers_shapes_are_read(
     assert set(desired.keys) == {K("NSE_EQ", "2885"), K("NSE_EQ", "1333"), K("IDX_I", "13"),
                                  K("NSE_EQ", "11536"), K("NSE_EQ", "1594")}
     assert desired.streams == 3
+
+
+async def test_non_string_items_are_counted_and_reported(
+    aredis: aioredis.Redis, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_client.set(stream_key("mixed"), json.dumps({"keys": ["NSE_EQ:1", 5, None, "x"]}))
+    # JSON-quoted text without a ':' is no stream record (as the same text unquoted).
+    redis_client.set(stream_key("quoted"), json.dumps("not a stream"))
+    source = KeySource(redis=aredis, on_change=lambda _: None)
+    with caplog.at_level(logging.WARNING, logger="streamer.keysource"):
+        desired = await source.read()
+    assert desired.keys == (K("NSE_EQ", "1"),)
+    assert desired.streams == 1
+    assert source.invalid == 3
+    assert "skipping key in 'websocket_stream:mixed': 5 is not a string" in caplog.text
+    assert "skipping key in 'websocket_stream:mixed': None is not a string" in caplog.text
+    assert "'websocket_stream:quoted' is not a JSON object" in caplog.text
+
+
+async def test_a_stream_name_that_is_not_utf8_is_still_read(
+    aredis: aioredis.Redis, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_client.set(stream_key("ok").encode() + b"\xff", json.dumps({"keys": ["NSE_EQ:9", 1]}))
+    redis_client.hset(INSTRUMENT_SYMBOLS_KEY, mapping={"NSE_EQ:9": "NINE"})
+    source = KeySource(redis=aredis, on_change=lambda _: None)
+    with caplog.at_level(logging.WARNING, logger="streamer.keysource"):
+        desired = await source.read()
+    assert desired.keys == (K("NSE_EQ", "9"),)
+    assert desired.symbols == {"NSE_EQ:9": "NINE"}
+    assert "'websocket_stream:ok\ufffd'" in caplog.text

@@ -123,3 +123,45 @@ def test_unreadable_secrets_are_credentials_errors(secrets_client: Any) -> None:
     arn = secrets_client.create_secret(Name="bad", SecretString="[1]")["ARN"]
     with pytest.raises(CredentialsError, match="not a JSON object"):
         CredentialSource(environ={}, secret_arn=arn, secrets_client=secrets_client).read()
+
+
+def test_the_secret_is_read_by_the_shared_parser(secrets_client: Any) -> None:
+    import core.secrets
+
+    arn = secrets_client.create_secret(
+        Name="dhan", SecretString=json.dumps({"dhanClientId": 1100000001, "token": " s-1 "})
+    )["ARN"]
+    read = CredentialSource(environ={"DHAN_CLIENT_ID": "7"}, secret_arn=arn,
+                            secrets_client=secrets_client).read()  # fmt: skip
+    assert isinstance(read, core.secrets.DhanCredentials)
+    assert (read.client_id, read.access_token.value) == ("1100000001", "s-1")
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"client_id": "42", "access_token": "   "}, "lacks an access token"),
+        ({"client_id": "42", "access_token": 12345}, "lacks an access token"),
+        ({"client_id": True, "access_token": "tok-never-shown"}, "lacks a client id"),
+        ({"access_token": "tok-never-shown"}, "lacks a client id"),
+        (["tok-never-shown"], "not a JSON object"),
+    ],
+)
+def test_a_bad_secret_is_a_credentials_error_without_the_token(
+    secrets_client: Any, document: Any, message: str
+) -> None:
+    arn = secrets_client.create_secret(Name="dhan", SecretString=json.dumps(document))["ARN"]
+    source = CredentialSource(environ={"DHAN_ACCESS_TOKEN": "env-token"}, secret_arn=arn,
+                              secrets_client=secrets_client)  # fmt: skip
+    with pytest.raises(CredentialsError, match=message) as caught:
+        source.read()
+    assert arn in str(caught.value)
+    assert "tok-never-shown" not in str(caught.value)
+    assert "env-token" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_a_secret_without_a_secret_string_is_a_credentials_error(secrets_client: Any) -> None:
+    arn = secrets_client.create_secret(Name="binary", SecretBinary=b"\x00")["ARN"]
+    with pytest.raises(CredentialsError, match="not a JSON object"):
+        CredentialSource(environ={}, secret_arn=arn, secrets_client=secrets_client).read()
