@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._common import SIM_CLIENT_ID, SIM_TOKEN, LightClient, cpu_seconds  # noqa: E402
-from local.run.stack import LOCAL_FANOUT_WORKERS, LOCAL_SHARDS  # noqa: E402
+from local.run.config import LOCAL_FANOUT_WORKERS, LOCAL_SHARDS  # noqa: E402
 
 KEYS = [f"NSE_EQ:{10_000 + i}" for i in range(1000)]
 
@@ -58,12 +58,13 @@ async def serve_stack(redis_url: str, budget: float, min_window: float, max_wind
     import redis.asyncio as aioredis
 
     from core.runtime import tune_gc
-    from functions.fanout.core import Fanout
-    from functions.registry import ConnectionRegistry, shard_of
+    from functions.fanout.runner import Fanout
     from functions.ws.app import WsApp
     from local.apigw import GatewayConfig, Handlers, LocalApiGateway
     from local.apigw.client import InProcessManagement
-    from streamer.bridge import LocalInvoker, RelayBridge
+    from local.invoker import LocalInvoker
+    from realtime.registry import ConnectionRegistry, shard_of
+    from relay.bridge import RelayBridge
 
     client = redis.Redis.from_url(redis_url, max_connections=64)
     registry = ConnectionRegistry(redis=client, shards=shards)

@@ -92,8 +92,8 @@ def serve_fanout(callback_url: str, redis_url: str, shards: int, workers: int) -
     import redis
 
     from core.runtime import tune_gc
-    from functions.fanout.core import Fanout
-    from functions.registry import ConnectionRegistry
+    from functions.fanout.runner import Fanout
+    from realtime.registry import ConnectionRegistry
 
     client = redis.Redis.from_url(redis_url)
     fanout = Fanout(registry=ConnectionRegistry(redis=client, shards=shards),
@@ -170,14 +170,14 @@ def main() -> None:
     import redis
 
     from core.runtime import tune_gc
-    from functions.fanout.core import Fanout
-    from functions.fanout.plan import build_messages
-    from functions.registry import ConnectionRegistry
+    from functions.fanout.runner import Fanout
     from local.redis_server import (
         RedisHandle,
         embedded_redis_server,
         private_redis_server,
     )
+    from realtime.delivery import build_messages
+    from realtime.registry import ConnectionRegistry
 
     tune_gc()  # both modes run in this process, with the fan-out Lambda's GC settings
     random.seed(7)

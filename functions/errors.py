@@ -4,7 +4,7 @@ FunctionsError
  +-- ApiError                 an HTTP answer: status, a machine-readable code, a message a
  |    |                       person can act on, optional details and headers
  |    +-- BadRequest            400 (malformed JSON, wrong shape)
- |    +-- Unauthorized          401 (admin key missing or wrong)
+ |    +-- Unauthorized          401 (admin key missing or wrong; a WebSocket connect with no token)
  |    +-- Conflict              409 (the streams together would exceed the feed's capacity)
  |    +-- PayloadTooLarge       413 (too many keys, body too large)
  |    +-- UriTooLong            414 (GET query beyond the documented limit)

@@ -48,7 +48,7 @@ LAMBDA_DEPENDENCIES = (
 NO_DEPS_DEPENDENCIES = ("dhanhq",)
 # What dhanhq imports at load time, beside websockets; not a direct dependency of the project.
 EXTRA_REQUIREMENTS = ("requests>=2.31,<3",)
-PACKAGES = ("core", "functions")
+PACKAGES = ("core", "realtime", "functions")
 
 PYTHON_VERSION = "3.12"
 # manylinux_2_28 too: some projects ship only newer wheels; the Lambda 3.12 image (AL2023,
@@ -189,7 +189,7 @@ def default_plan(source_root: Path = REPO_ROOT) -> BundlePlan:
 
 
 def lambda_code(plan: BundlePlan | None = None) -> lambda_.Code:
-    """One asset for every function (they share `core` and `functions`)."""
+    """One asset for every function (they share `core`, `realtime` and `functions`)."""
     plan = plan or default_plan()
     return lambda_.Code.from_asset(
         str(plan.source_root),

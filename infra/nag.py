@@ -10,13 +10,47 @@ never written down.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from aws_cdk import Acknowledgment, CfnElement, DefaultStackSynthesizer, Stack, Token, Validations
+from aws_cdk import Acknowledgment, CfnElement, DefaultStackSynthesizer, Token, Validations
+from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import IConstruct
 
-if TYPE_CHECKING:
-    from infra.stack import LtpStack
+from infra.cache import Cache
+from infra.fanout import Fanout
+from infra.http_api import HttpApi
+from infra.schedule import MarketSchedule
+from infra.settings import DeploySettings
+from infra.streamer_service import StreamerService
+from infra.web import WebHosting
+from infra.websocket_api import WebSocketApi
+
+
+class NaggedStack(Protocol):
+    """What the acknowledgments read of the stack (the stack itself imports this module)."""
+
+    # Stack's own attributes that the acknowledgments read
+    @property
+    def partition(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+    @property
+    def account(self) -> str: ...
+    @property
+    def node(self) -> Any: ...
+    def get_logical_id(self, element: CfnElement) -> str: ...
+
+    settings: DeploySettings
+    cache: Cache
+    dhan_secret: secretsmanager.Secret
+    admin_secret: secretsmanager.Secret
+    ws_token_secret: secretsmanager.Secret
+    websocket: WebSocketApi
+    fanout: Fanout
+    streamer: StreamerService
+    web: WebHosting
+    http: HttpApi
+    schedule: MarketSchedule
 
 LAMBDA_BASIC_ROLE = (
     "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
@@ -45,12 +79,12 @@ def _pseudo(value: str, name: str) -> str:
     return f"<AWS::{name}>" if Token.is_unresolved(value) else value
 
 
-def _ref(stack: Stack, element: IConstruct | None) -> str:
+def _ref(stack: NaggedStack, element: IConstruct | None) -> str:
     assert isinstance(element, CfnElement)
     return f"<{stack.get_logical_id(element)}>"
 
 
-def _arn(stack: Stack, element: IConstruct | None) -> str:
+def _arn(stack: NaggedStack, element: IConstruct | None) -> str:
     assert isinstance(element, CfnElement)
     return f"<{stack.get_logical_id(element)}.Arn>"
 
@@ -59,11 +93,11 @@ def _iam5(resource: str) -> str:
     return f"AwsSolutions-IAM5[Resource::{resource}]"
 
 
-def _stack_children(stack: Stack, prefix: str) -> list[IConstruct]:
+def _stack_children(stack: NaggedStack, prefix: str) -> list[IConstruct]:
     return [child for child in stack.node.children if child.node.id.startswith(prefix)]
 
 
-def acknowledge_findings(stack: LtpStack) -> None:
+def acknowledge_findings(stack: NaggedStack) -> None:
     partition = _pseudo(stack.partition, "Partition")
     region = _pseudo(stack.region, "Region")
     account = _pseudo(stack.account, "AccountId")

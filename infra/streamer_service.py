@@ -23,7 +23,7 @@ from constructs import Construct
 
 METRICS_NAMESPACE = "LtpStream"
 STREAMER_COMMAND = ["python", "-m", "streamer"]
-BRIDGE_COMMAND = ["python", "-m", "streamer.bridge_main"]
+BRIDGE_COMMAND = ["python", "-m", "relay"]
 
 
 class StreamerService(Construct):

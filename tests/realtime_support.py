@@ -16,12 +16,12 @@ import orjson
 import redis
 from websockets.asyncio.client import ClientConnection, connect
 
-from functions.fanout.core import Fanout
-from functions.registry import ConnectionRegistry
+from functions.fanout.runner import Fanout
 from functions.ws.app import WsApp
 from functions.ws.management import ManagementApi
 from local.apigw import GatewayConfig, Handlers, LocalApiGateway
 from local.apigw.client import boto3_client
+from realtime.registry import ConnectionRegistry
 
 
 @dataclass

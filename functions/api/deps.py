@@ -17,13 +17,13 @@ from redis import Redis
 from redis.connection import HiredisRespSerializer
 from redis.utils import HIREDIS_AVAILABLE
 
-from core.names import WS_CONNECTIONS_KEY
 from core.redis_client import sync_client
 from functions.api.observability import ApiMetrics
 from functions.dhan_rest import SdkSourceCache
 from functions.secrets import SecretsCache, secrets_for
 from functions.settings import Settings
 from functions.streams import EcsStreamerService, StreamerService
+from realtime.registry import live_connections
 
 if HIREDIS_AVAILABLE:
     import hiredis
@@ -67,10 +67,8 @@ def connect_redis(settings: Settings, *, secrets: SecretsCache | None = None) ->
 
 
 def count_connections(redis: Redis, *, now: float | None = None) -> int:
-    """Live WebSocket connections: members of the registry's ZSET whose expiry is ahead
-    (the registry of `functions.ws` scores each connection id by its expiry time)."""
-    current = time.time() if now is None else now
-    return int(redis.zcount(WS_CONNECTIONS_KEY, f"({current}", "+inf"))
+    """Live WebSocket connections, as the registry counts them."""
+    return live_connections(redis, now=now)
 
 
 class Lazy(Generic[T]):

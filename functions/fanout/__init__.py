@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from functions.fanout.core import Fanout, FanoutResult
+from functions.fanout.runner import Fanout, FanoutResult
 
 if TYPE_CHECKING:
     from functions.fanout.wiring import Emit

@@ -10,13 +10,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from core.errors import ConfigError
 from core.redis_client import LAMBDA_REDIS_ENV
-from functions.fanout.core import Fanout, FanoutResult
-from functions.registry import ConnectionRegistry
+from functions.fanout.runner import Fanout, FanoutResult
 from functions.secrets import SecretsCache, secrets_for
 from functions.settings import Settings
 from functions.ws.management import ManagementApi, management_client
 from functions.ws.settings import RealtimeSettings
 from functions.ws.wiring import redis_client
+from realtime.registry import ConnectionRegistry
 
 # What the fan-out needs in AWS (tests/infra check the template passes all of it).
 REQUIRED_ENV = {"handler": (*LAMBDA_REDIS_ENV, "WS_SHARDS", "WEBSOCKET_CALLBACK_URL")}

@@ -15,12 +15,11 @@ floors, so the stream never sends this connection anything older than its snapsh
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from core import names
-from core.messages import dumps, loads, parse_price
-from functions.registry import ConnectionRegistry
+from core.messages import dumps
+from functions.errors import Unauthorized
 from functions.ws.management import ManagementApi, PostOutcome, post
 from functions.ws.protocol import (
     ClientAction,
@@ -32,6 +31,8 @@ from functions.ws.protocol import (
     subscribed_message,
 )
 from functions.wsauth import TokenError, verify_token
+from realtime import snapshot
+from realtime.registry import ConnectionRegistry
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,6 @@ OK = {"statusCode": 200}
 
 class SnapshotRedis(Protocol):
     def pipeline(self, transaction: bool = True) -> Any: ...
-
-
-class Unauthorized(Exception):
-    """Raised by the authorizer for a missing token: API Gateway answers 401."""
 
 
 def _context(event: Event) -> Mapping[str, Any]:
@@ -64,28 +61,6 @@ def policy(effect: str, resource: str, principal: str, context: dict[str, Any]) 
         },
         "context": context,
     }
-
-
-def read_snapshot(redis: SnapshotRedis, keys: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
-    """Current prices of `keys`: the bridge's last value (with version) or the cache's."""
-    pipe = redis.pipeline(transaction=False)
-    pipe.hmget(names.WS_LATEST_KEY, list(keys))
-    pipe.mget([names.ltp_key(k) for k in keys])
-    latest, cached = pipe.execute()
-    prices: dict[str, Any] = {}
-    missing: list[str] = []
-    for key, entry, raw in zip(keys, latest, cached, strict=True):
-        if entry is not None:
-            update = loads(entry)
-            prices[key] = {f: update[f] for f in ("ltp", "ltt", "version", "symbol")
-                           if f in update}
-            continue
-        price = parse_price(raw)
-        if price is None:
-            missing.append(key)
-        else:
-            prices[key] = {"ltp": price}
-    return prices, missing
 
 
 class WsApp:
@@ -118,6 +93,7 @@ class WsApp:
         query = event.get("queryStringParameters") or {}
         token = query.get("token") if isinstance(query, Mapping) else None
         if not token:
+            # API Gateway answers 401 only to an authorizer error whose message is exactly this.
             raise Unauthorized("Unauthorized")
         try:
             claims = verify_token(str(token), secret)
@@ -177,7 +153,7 @@ class WsApp:
         if not result.ok:
             return error_message(result.reason, request_id=rid)
         # The keys are recorded; only now is it safe to read what they cost.
-        prices, missing = read_snapshot(self._redis, action.keys)
+        prices, missing = snapshot.snapshot_prices(snapshot.read(self._redis, action.keys))
         versions = {k: int(p["version"]) for k, p in prices.items()
                     if isinstance(p.get("version"), int)}
         self._registry.mark_snapshot(connection_id, versions)

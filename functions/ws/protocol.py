@@ -8,6 +8,7 @@ Parsing is pure and total: anything a client can send becomes either an action o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -93,7 +94,7 @@ def pong_message(*, request_id: str | None = None) -> dict[str, Any]:
     return _with_id({"type": PONG, "timestamp": utc_now_iso()}, request_id)
 
 
-def snapshot_message(prices: dict[str, dict[str, Any]], missing: list[str], *,
+def snapshot_message(prices: Mapping[str, Mapping[str, Any]], missing: list[str], *,
                      request_id: str | None = None) -> dict[str, Any]:
     return _with_id({"type": SNAPSHOT, "timestamp": utc_now_iso(), "prices": prices,
                      "missing": missing}, request_id)

@@ -9,12 +9,12 @@ from collections.abc import Callable, Mapping
 import redis
 
 from core.redis_client import LAMBDA_REDIS_ENV, sync_client
-from functions.registry import ConnectionRegistry
 from functions.secrets import SecretsCache, resolve_ws_token_secret, secrets_for
 from functions.settings import Settings
 from functions.ws.app import Event, WsApp
 from functions.ws.management import ManagementApi, management_client
 from functions.ws.settings import RealtimeSettings
+from realtime.registry import ConnectionRegistry
 
 ManagementFor = Callable[[Event], ManagementApi]
 

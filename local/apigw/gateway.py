@@ -1,18 +1,21 @@
 """A local API Gateway WebSocket API: the same Lambda handlers, a real `@connections` endpoint.
 
-- WebSocket side (python-websockets): assigns connection ids, runs the `$connect` authorizer
-  and handler during the handshake (a Deny answers 403, an authorizer exception 401, a non-2xx
-  `$connect` its own status), selects routes on `$request.body.action`, runs every handler
-  (sync, in a worker thread) with API Gateway-shaped events, and runs `$disconnect` on close.
-  Routes have no route response: a handler's return value is never sent to the client (a
+- WebSocket side (python-websockets, this module): assigns connection ids, runs the `$connect`
+  authorizer and handler during the handshake (a Deny answers 403, an authorizer exception 401,
+  a non-2xx `$connect` its own status), selects routes on `$request.body.action`, runs every
+  handler (sync, in a worker thread) with API Gateway-shaped events, and runs `$disconnect` on
+  close. Routes have no route response: a handler's return value is never sent to the client (a
   failing one gets API Gateway's `{"message": "Internal server error", ...}`).
   Enforces the 128 KB message limit (larger closes with 1009), the idle timeout (10 min) and
   the maximum duration (2 h), both configurable.
-- HTTP side (a plain ASGI app on uvicorn): `POST|GET|DELETE /{stage}/@connections/{id}`, answering
-  like AWS (410 GoneException, 413 PayloadTooLargeException, 429 LimitExceededException with
-  `x-amzn-ErrorType`) so boto3's `apigatewaymanagementapi` raises the same exceptions with
-  `endpoint_url=gateway.callback_url`. SigV4 is not checked. Throttling and added latency can
-  be injected for tests and benchmarks.
+- HTTP side (`connections_http`, a plain ASGI app on uvicorn): `POST|GET|DELETE
+  /{stage}/@connections/{id}`, answering like AWS (410 GoneException, 413
+  PayloadTooLargeException, 429 LimitExceededException with `x-amzn-ErrorType`) so boto3's
+  `apigatewaymanagementapi` raises the same exceptions with `endpoint_url=gateway.callback_url`.
+  SigV4 is not checked. Throttling and added latency can be injected for tests and benchmarks.
+
+What a post must pass and how its frame is written live in `posting`; the handlers, settings
+and throttle in `config`.
 """
 
 from __future__ import annotations
@@ -25,114 +28,34 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import orjson
 import uvicorn
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 from websockets.http11 import Response as WsResponse
-from websockets.protocol import State
 
 from local.apigw import events
+from local.apigw.config import MAX_MESSAGE_BYTES, GatewayConfig, Handler, Handlers, Throttle
+from local.apigw.connections_http import ConnectionsEndpoint
 from local.apigw.events import ConnectionInfo
+from local.apigw.posting import (
+    MAX_CLIENT_BUFFER_BYTES,
+    NO_FRAME,
+    THROTTLED,
+    Frame,
+    OpenConnection,
+    PostResult,
+    judge,
+    write_frame,
+)
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[dict[str, Any], Any], Any]
-
-MAX_MESSAGE_BYTES = 128 * 1024
-# Unsent bytes a connection may hold before posts to it are refused with 429.
-MAX_CLIENT_BUFFER_BYTES = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Handlers:
-    """The Lambda functions behind the routes (None: route not configured)."""
-
-    message: Handler
-    connect: Handler | None = None
-    disconnect: Handler | None = None
-    authorizer: Handler | None = None
-    routes: frozenset[str] = frozenset({"subscribe", "unsubscribe", "ping"})
-    route_handlers: Mapping[str, Handler] = field(default_factory=dict)
-
-    def for_route(self, route_key: str) -> Handler:
-        return self.route_handlers.get(route_key, self.message)
-
-
-@dataclass(slots=True)
-class GatewayConfig:
-    host: str = "127.0.0.1"
-    ws_port: int = 0
-    http_port: int = 0
-    stage: str = "local"
-    api_id: str = "localapi"
-    idle_timeout: float = 600.0
-    max_duration: float = 7200.0
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-    post_latency: float = 0.0  # added to every @connections request (API Gateway's ~10 ms)
-
-
-class Throttle:
-    """Injectable 429s: the next `n` posts, and/or a sustained rate (token bucket)."""
-
-    def __init__(self) -> None:
-        self._next = 0
-        self._rate: float | None = None
-        self._tokens = 0.0
-        self._stamp = time.monotonic()
-
-    def fail_next(self, n: int) -> None:
-        self._next = n
-
-    def limit_rate(self, per_second: float | None, burst: float | None = None) -> None:
-        self._rate = per_second
-        self._tokens = burst if burst is not None else (per_second or 0.0)
-        self._burst = self._tokens
-        self._stamp = time.monotonic()
-
-    def admit(self) -> bool:
-        if self._next > 0:
-            self._next -= 1
-            return False
-        if self._rate is None:
-            return True
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
-
-
-@dataclass(slots=True)
-class _Connection:
-    info: ConnectionInfo
-    socket: ServerConnection
-    connected_at: float
-    last_active: float
-    watchdog: asyncio.Task[None] | None = None
-    queued: int = 0  # bytes accepted by post_nowait and not yet written to the socket
-
-
-# A posted message as it goes out: its bytes and whether they are sent as a text frame.
-_Frame = tuple[bytes, bool]
-_NO_FRAME: _Frame = (b"", False)
-
-
-@dataclass(frozen=True, slots=True)
-class PostResult:
-    status: int
-    error: str = ""
-    message: str = ""
 
 
 def new_connection_id() -> str:
@@ -145,11 +68,11 @@ class LocalApiGateway:
         self.handlers = handlers
         self.config = config or GatewayConfig()
         self.throttle = Throttle()
-        self.connections: dict[str, _Connection] = {}
+        self.connections: dict[str, OpenConnection] = {}
         self.posts = 0
         # Posts arrive from fan-out threads as well as the loop (throttle, counter, outbox).
         self._post_lock = threading.Lock()
-        self._outbox: list[tuple[_Connection, _Frame]] = []
+        self._outbox: list[tuple[OpenConnection, Frame]] = []
         self._outbox_scheduled = False
         self._handshakes: dict[int, ConnectionInfo] = {}
         self._ws_server: Server | None = None
@@ -182,7 +105,7 @@ class LocalApiGateway:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((cfg.host, cfg.http_port))
         self._http_socket = sock
-        server = uvicorn.Server(uvicorn.Config(self._connections_app, interface="asgi3",
+        server = uvicorn.Server(uvicorn.Config(ConnectionsEndpoint(self), interface="asgi3",
                                                log_level="warning",
                                                lifespan="off", access_log=False,
                                                timeout_keep_alive=30))
@@ -275,7 +198,7 @@ class LocalApiGateway:
     async def _serve_connection(self, socket_: ServerConnection) -> None:
         info = self._handshakes.pop(id(socket_))
         now = time.monotonic()
-        conn = _Connection(info, socket_, now, now)
+        conn = OpenConnection(info, socket_, now, now)
         self.connections[info.connection_id] = conn
         conn.watchdog = asyncio.create_task(self._watch(conn))
         try:
@@ -311,7 +234,7 @@ class LocalApiGateway:
                 except Exception:
                     log.exception("$disconnect handler failed for %s", info.connection_id)
 
-    async def _watch(self, conn: _Connection) -> None:
+    async def _watch(self, conn: OpenConnection) -> None:
         cfg = self.config
         while True:
             now = time.monotonic()
@@ -325,31 +248,12 @@ class LocalApiGateway:
     # --- @connections -------------------------------------------------------------------------
 
     def _accept(self, connection_id: str, data: bytes
-                ) -> tuple[PostResult, _Connection | None, _Frame]:
+                ) -> tuple[PostResult, OpenConnection | None, Frame]:
         """The checks API Gateway makes before it takes a message (caller holds `_post_lock`)."""
         if not self.throttle.admit():
-            return PostResult(429, "LimitExceededException", "Rate exceeded"), None, _NO_FRAME
-        conn = self.connections.get(connection_id)
-        if conn is None:
-            return PostResult(410, "GoneException", ""), None, _NO_FRAME
-        if len(data) > self.config.max_message_bytes:
-            return (PostResult(413, "PayloadTooLargeException",
-                               f"Message too long. Max size is {self.config.max_message_bytes}"),
-                    None, _NO_FRAME)
-        transport = conn.socket.transport
-        unsent = conn.queued + (transport.get_write_buffer_size() if transport is not None else 0)
-        if unsent > MAX_CLIENT_BUFFER_BYTES:
-            # A client that stopped reading: refuse instead of buffering without bound; the
-            # fan-out treats it as a throttle and carries the update into a later message.
-            return PostResult(429, "LimitExceededException", "Client buffer full"), None, _NO_FRAME
-        if not data.isascii():  # JSON from orjson is ASCII unless it holds non-ASCII text
-            try:
-                data.decode()
-            except UnicodeDecodeError:
-                return PostResult(200), conn, (data, False)
-        # Valid UTF-8 goes out as a text frame (as API Gateway sends posted JSON), without
-        # decoding and re-encoding it.
-        return PostResult(200), conn, (data, True)
+            return THROTTLED, None, NO_FRAME
+        return judge(self.connections.get(connection_id), data,
+                     max_message_bytes=self.config.max_message_bytes)
 
     async def post(self, connection_id: str, data: bytes) -> PostResult:
         """PostToConnection, as the HTTP endpoint performs it (on the loop, so it writes the
@@ -361,7 +265,7 @@ class LocalApiGateway:
             if conn is not None:
                 self.posts += 1
         if conn is not None:
-            _write_frame(conn.socket, *frame)
+            write_frame(conn.socket, *frame)
         return result
 
     def post_nowait(self, connection_id: str, data: bytes) -> PostResult:
@@ -395,72 +299,7 @@ class LocalApiGateway:
             for conn, (data, _) in batch:
                 conn.queued -= len(data)
         for conn, (data, text) in batch:
-            _write_frame(conn.socket, data, text)
-
-    async def _connections_app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """ASGI for the one route, without a framework: a router and request/response objects
-        per post were a quarter of this process's CPU per post in bench_fanout."""
-        if scope["type"] != "http":
-            return
-        stage, marker, connection_id = scope["path"].lstrip("/").partition("/@connections/")
-        method = scope["method"]
-        status: int
-        body: dict[str, Any] | None
-        headers: list[tuple[bytes, bytes]]
-        if not marker or not connection_id:
-            status, body, headers = 404, {"message": "Not Found"}, []
-        elif method not in ("POST", "GET", "DELETE"):
-            status, body, headers = 405, {"message": "Method Not Allowed"}, []
-        elif stage != self.config.stage:
-            status, body, headers = _error(PostResult(403, "ForbiddenException", "Forbidden"))
-        elif method == "POST":
-            chunks = []
-            while True:
-                message = await receive()
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body"):
-                    break
-            result = await self.post(connection_id, b"".join(chunks))
-            status, body, headers = (200, None, []) if result.status == 200 else _error(result)
-        else:
-            status, body, headers = await self._connection_info(connection_id, method)
-        payload = b"" if body is None else orjson.dumps(body)
-        headers = [*headers, (b"content-length", str(len(payload)).encode())]
-        if body is not None:
-            headers.append((b"content-type", b"application/json"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
-
-    async def _connection_info(self, connection_id: str, method: str) -> _Answer:
-        if self.config.post_latency:
-            await asyncio.sleep(self.config.post_latency)
-        conn = self.connections.get(connection_id)
-        if conn is None:
-            return _error(PostResult(410, "GoneException", ""))
-        if method == "DELETE":
-            await conn.socket.close(1000, "")
-            return 204, None, []
-        started = time.time() - (time.monotonic() - conn.connected_at)
-        active = time.time() - (time.monotonic() - conn.last_active)
-        return 200, {
-            "connectedAt": _iso(started),
-            "identity": {"sourceIp": conn.info.source_ip, "userAgent": conn.info.user_agent},
-            "lastActiveAt": _iso(active),
-        }, []
-
-
-# status, JSON body (None: empty), extra headers
-_Answer = tuple[int, dict[str, Any] | None, list[tuple[bytes, bytes]]]
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-
-
-def _error(result: PostResult) -> _Answer:
-    return (result.status, {"message": result.message or None},
-            [(b"x-amzn-errortype", result.error.encode())])
+            write_frame(conn.socket, data, text)
 
 
 def _plain_headers(headers: Headers) -> dict[str, str]:
@@ -476,24 +315,9 @@ def _allows(answer: Any) -> bool:
 
 
 def _with_authorizer(info: ConnectionInfo, context: Mapping[str, Any]) -> ConnectionInfo:
-    from dataclasses import replace
-
     return replace(info, authorizer=context)
 
 
-def _write_frame(socket_: ServerConnection, data: bytes, text: bool) -> None:
-    """Write one whole frame now, through websockets' sans-I/O `protocol` and the transport:
-    no task and no coroutine per message (half the gateway's CPU per post). Flow control is
-    `_accept`'s bound on what a connection holds; a closing connection loses the message, as
-    a post to a closing connection on AWS does."""
-    protocol = socket_.protocol
-    transport = socket_.transport
-    if protocol.state is not State.OPEN or transport is None or transport.is_closing():
-        return
-    if text:
-        protocol.send_text(data)
-    else:
-        protocol.send_binary(data)
-    for chunk in protocol.data_to_send():
-        if chunk:
-            transport.write(chunk)
+# What callers imported from here before `config` and `posting` were split out of it.
+__all__ = ["MAX_CLIENT_BUFFER_BYTES", "MAX_MESSAGE_BYTES", "GatewayConfig", "Handler", "Handlers",
+           "LocalApiGateway", "PostResult", "Throttle", "new_connection_id"]

@@ -3,139 +3,48 @@
     Redis (existing / private redis-server / embedded)
     DhanHQ v2 simulator + REST stand-in   (or a given feed, or the real DhanHQ feed)
       -> streamer (streamer.service.Streamer: feed -> ltp:* + live_ltp_updates)
-      -> relay bridge (streamer.bridge.RelayBridge) -> fan-out (functions.fanout.Fanout)
+      -> relay bridge (relay.bridge.RelayBridge) -> fan-out (functions.fanout.Fanout)
       -> local API Gateway (local.apigw: WebSocket + @connections, functions.ws handlers)
     page + HTTP API on one origin (local.run.site: web/, config.json, Mangum handler)
 
 Production code is only imported and run here, never changed: each deployable is built by its
 own wiring function (`functions.api.wiring.build`, `functions.ws.wiring.build_app`,
-`functions.fanout.wiring.build_fanout`, `streamer.bridge_main.build_bridge`,
+`functions.fanout.wiring.build_fanout`, `relay.wiring.build_bridge`,
 `streamer.wiring.build_clients`) from settings read out of an environment shaped like the one
 the CDK template gives it, so every part reaches Redis through `core.redis_client` with the
 AUTH token, as in AWS. What differs from AWS is only what lies outside the deployables: threads
 stand in for Lambda environments, the bridge's invoker calls the fan-out in-process instead of
 `lambda:InvokeAsync`, and the fan-out posts into the local gateway directly instead of over
 HTTPS (its `@connections` HTTP endpoint is up as well).
+
+This module is the order things start in; the choices and environments are made in `config`
+(pure) and the stack's own sockets and servers are in `serving`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import logging
 import secrets
 import socket
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-import httpx
-
-from core.instrument_master import SAMPLE_PATH, describe, load_master, open_source
-from core.instrument_master import parse_scrip_master as _parse
-from core.instruments import InstrumentKey
-
-log = logging.getLogger("ltp-local")
-
-SIM_CLIENT_ID = "1000000001"  # ltp-sim's defaults, for --feed-url pointing at one
-SIM_TOKEN = "sim-token"
-STREAM_NAME = "ltp-local"
-STREAM_REFRESH_SECONDS = 20 * 60  # websocket_stream:* lives 1 h unless started again
-# One process runs every shard's fan-out here: shards exist to spread Lambda invocations, and
-# in one process they only multiply the per-window work (claim, encoding) by their number
-# (bench_e2e_ws at 1,000 clients: p99 301 ms with 1 shard, 440 ms with 16). Posts into the
-# in-process gateway never block, so the fan-out needs no thread pool either.
-LOCAL_SHARDS = 1
-LOCAL_FANOUT_WORKERS = 1
-
-
-class StartupError(Exception):
-    """Something the user can fix (a port in use, no Redis); the message says what."""
-
-
-@dataclass
-class StackOptions:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    ws_port: int | None = None  # default: port + 1 (0 when port is 0)
-    redis_url: str | None = None
-    feed_url: str | None = None
-    use_simulator: bool = False  # even when DhanHQ credentials are in the environment
-    rate: float = 100.0
-    keys: list[InstrumentKey] | None = None
-    instruments: str = str(SAMPLE_PATH)
-    seed: int = 1
-    environ: Mapping[str, str] = field(default_factory=dict)
-    page_options: dict[str, Any] = field(default_factory=dict)
-    bridge_min_window: float = 0.25
-
-
-@dataclass(frozen=True)
-class FeedChoice:
-    kind: str  # "simulator", "given" or "dhan"
-    url: str
-    client_id: str
-    access_token: str
-    rest_base_url: str | None
-
-
-# What the parts import when they start; checked first, so a half-installed environment is
-# named at once rather than after Redis and the feed are already up.
-RUNTIME_MODULES = ("redis", "websockets", "orjson", "fastapi", "mangum", "uvicorn", "boto3",
-                   "aws_lambda_powertools")
-
-
-def check_dependencies() -> None:
-    """Raises ModuleNotFoundError naming the first runtime package that cannot be imported."""
-    import importlib
-
-    for name in RUNTIME_MODULES:
-        importlib.import_module(name)
-
-
-def sample_keys() -> list[InstrumentKey]:
-    with open_source(SAMPLE_PATH) as lines:
-        return [i.key for i in _parse(lines)]
-
-
-def bind(host: str, port: int, what: str) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise StartupError(
-                f"port {port} on {host} is in use ({what}); stop what uses it or pick "
-                "another with --port (the WebSocket takes the next port)"
-            ) from None
-        raise StartupError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
-class CurrentGateway:
-    """`@connections` of whichever local gateway is up now (the WebSocket can be cut and
-    brought back); while none is, every post answers 410 Gone, as for a closed connection."""
-
-    def __init__(self) -> None:
-        self.gateway: Any = None
-
-    def post_to_connection(self, *, Data: bytes, ConnectionId: str) -> Any:  # noqa: N803
-        from botocore.exceptions import ClientError
-
-        from local.apigw.client import InProcessManagement
-
-        gateway = self.gateway
-        if gateway is None or gateway.loop is None:
-            gone: Any = {"Error": {"Code": "GoneException", "Message": ""},
-                         "ResponseMetadata": {"HTTPStatusCode": 410}}
-            raise ClientError(gone, "PostToConnection")
-        return InProcessManagement(gateway).post_to_connection(Data=Data, ConnectionId=ConnectionId)
+from core.instrument_master import describe, load_master
+from local.run.config import (
+    STREAM_NAME,
+    FeedChoice,
+    StackOptions,
+    StartupError,
+    bridge_env,
+    check_dependencies,
+    choose_feed,
+    functions_env,
+    redis_env,
+    sample_keys,
+    streamer_env,
+)
+from local.run.serving import CurrentGateway, bind, bracket, cancel, register_stream, serve_site
 
 
 class LocalStack:
@@ -206,12 +115,7 @@ class LocalStack:
         self.say(f"redis      {handle.url} ({handle.kind}{auth})")
 
     def _redis_env(self) -> dict[str, str]:
-        """REDIS_URL and, for a server started here, REDIS_AUTH_TOKEN: what ECS gives the
-        containers (the Lambdas get the token's secret ARN instead; same client factory)."""
-        env = {"REDIS_URL": self.redis_url}
-        if self.redis_password:
-            env["REDIS_AUTH_TOKEN"] = self.redis_password
-        return env
+        return redis_env(self.redis_url, self.redis_password)
 
     async def _load_instruments(self) -> None:
         from core.config import Env
@@ -230,19 +134,7 @@ class LocalStack:
         self.say(f"instruments {result.rows} loaded from {self.options.instruments}")
 
     def _choose_feed(self) -> FeedChoice:
-        env = self.options.environ
-        client_id = env.get("DHAN_CLIENT_ID", "").strip()
-        token = env.get("DHAN_ACCESS_TOKEN", "").strip()
-        rest = env.get("DHAN_API_BASE_URL", "").strip() or None
-        if self.options.feed_url:
-            return FeedChoice("given", self.options.feed_url, client_id or SIM_CLIENT_ID,
-                              token or SIM_TOKEN, rest)
-        if client_id and token and not self.options.use_simulator:
-            from core.config import DEFAULT_API_BASE_URL, DEFAULT_FEED_URL
-
-            url = env.get("DHAN_FEED_URL", "").strip() or DEFAULT_FEED_URL
-            return FeedChoice("dhan", url, client_id, token, rest or DEFAULT_API_BASE_URL)
-        return FeedChoice("simulator", "", SIM_CLIENT_ID, "sim-" + secrets.token_hex(8), None)
+        return choose_feed(self.options)
 
     async def _start_feed(self) -> None:
         choice = self._choose_feed()
@@ -273,19 +165,11 @@ class LocalStack:
 
     def _functions_env(self) -> dict[str, str]:
         assert self.feed is not None
-        env = {k: v for k, v in self.options.environ.items()
-               if not k.endswith("_ARN") and k not in ("STREAMER_CLUSTER", "STREAMER_SERVICE",
-                                                       "REDIS_AUTH_TOKEN")}
         if not self.ws_secret:
-            self.ws_secret = env.get("WS_TOKEN_SECRET", "") or secrets.token_urlsafe(32)
-        env.update({"DHAN_CLIENT_ID": self.feed.client_id,
-                    "DHAN_ACCESS_TOKEN": self.feed.access_token,
-                    "WS_TOKEN_SECRET": self.ws_secret,
-                    "WS_SHARDS": str(LOCAL_SHARDS), "FANOUT_MAX_WORKERS": str(LOCAL_FANOUT_WORKERS),
-                    **self._redis_env()})
-        if self.feed.rest_base_url:
-            env["DHAN_API_BASE_URL"] = self.feed.rest_base_url
-        return env
+            self.ws_secret = (self.options.environ.get("WS_TOKEN_SECRET", "")
+                              or secrets.token_urlsafe(32))
+        return functions_env(self.options.environ, self.feed, ws_secret=self.ws_secret,
+                             redis=self._redis_env())
 
     def _start_http_api(self) -> Any:
         from functions.api.wiring import build
@@ -355,36 +239,28 @@ class LocalStack:
         from functions.fanout.wiring import build_fanout
         from functions.settings import Settings
         from functions.ws.settings import RealtimeSettings
-        from streamer.bridge import LocalInvoker
-        from streamer.bridge_main import BridgeSettings, build_bridge
+        from local.invoker import LocalInvoker
+        from relay.settings import BridgeSettings
+        from relay.wiring import build_bridge
 
         env = self._functions_env()
         fanout = build_fanout(Settings.from_env(env), RealtimeSettings.from_env(env),
                               management=self.management)
         self.exits.callback(fanout.close)
         invoker = LocalInvoker(run=fanout.run)
-        window_ms = round(self.options.bridge_min_window * 1000)
-        bridge_env = {**self._redis_env(), "WS_WINDOW_MIN_MS": str(window_ms),
-                      "WS_WINDOW_MAX_MS": str(max(window_ms, 2000))}
-        self.bridge = build_bridge(BridgeSettings.from_env(bridge_env), invoker=invoker)
+        env = bridge_env(self._redis_env(), min_window=self.options.bridge_min_window)
+        self.bridge = build_bridge(BridgeSettings.from_env(env), invoker=invoker)
         self.exits.push_async_callback(self.bridge.close)
         task = asyncio.create_task(self.bridge.run(), name="bridge")
         self.exits.push_async_callback(invoker.drain)
-        self.exits.push_async_callback(_cancel, task)
+        self.exits.push_async_callback(cancel, task)
 
     async def _start_streamer(self) -> None:
         from streamer.settings import load_settings
         from streamer.wiring import build_clients, build_streamer
 
         assert self.feed is not None
-        env = {k: v for k, v in self.options.environ.items()
-               if not k.endswith("_ARN") and k != "REDIS_AUTH_TOKEN"}
-        env.update({**self._redis_env(), "DHAN_FEED_URL": self.feed.url,
-                    "DHAN_CLIENT_ID": self.feed.client_id,
-                    "DHAN_ACCESS_TOKEN": self.feed.access_token,
-                    "STREAMER_AUTO_STOP": "false", "STREAMER_EMF_METRICS": "false"})
-        if self.feed.kind == "simulator":
-            env["STREAMER_ALWAYS_OPEN"] = "true"  # the simulator trades around the clock
+        env = streamer_env(self.options.environ, self.feed, redis=self._redis_env())
         settings = load_settings(env)
         clients = build_clients(settings, environ=env)
         self.exits.push_async_callback(clients.redis.aclose)
@@ -396,13 +272,11 @@ class LocalStack:
             try:
                 await asyncio.wait_for(asyncio.shield(task), settings.shutdown_timeout + 2)
             except (TimeoutError, Exception):  # noqa: BLE001 - stopping anyway
-                await _cancel(task)
+                await cancel(task)
 
         self.exits.push_async_callback(stop)
 
     async def _start_site(self, api_pool: Any) -> None:
-        import uvicorn
-
         from functions.wsauth import mint_token
         from local.run.lambda_http import HttpApiProxy
         from local.run.site import LocalSite, PageConfig
@@ -415,77 +289,17 @@ class LocalStack:
             options=self.options.page_options,
         )
         site = LocalSite(api=HttpApiProxy(api_pool), config=lambda: page)
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                # ltp-local owns SIGINT/SIGTERM: uvicorn's own handler stopped the site before
-                # the stream's stop request (made through it) could go out.
-                yield
-
-        server = Server(uvicorn.Config(site, lifespan="off", log_level="warning",
-                                       access_log=False, ws="none"))
-        task = asyncio.create_task(server.serve(sockets=[self._web_socket]), name="site")
-        while not server.started:
-            if task.done():
-                task.result()
-                raise StartupError("the web server stopped while starting")
-            await asyncio.sleep(0.01)
-
-        async def stop() -> None:
-            server.should_exit = True
-            try:
-                await asyncio.wait_for(asyncio.shield(task), 5)
-            except TimeoutError:
-                await _cancel(task)
-
-        self.exits.push_async_callback(stop)
+        await serve_site(site, self._web_socket, exits=self.exits)
         host = self.options.host if self.options.host not in ("0.0.0.0", "::") else "127.0.0.1"
         port = self._web_socket.getsockname()[1]
-        self.page_url = f"http://{_bracket(host)}:{port}/"
+        self.page_url = f"http://{bracket(host)}:{port}/"
 
     async def _register_stream(self) -> None:
         keys = [item["key"] for item in self.watchlist]
         admin = self.options.environ.get("ADMIN_API_KEY", "").strip()
-        headers = {"Authorization": f"Bearer {admin}"} if admin else {}
-        client = httpx.AsyncClient(base_url=self.page_url, headers=headers, timeout=10)
-        self.exits.push_async_callback(client.aclose)
-        body = {"name": STREAM_NAME, "keys": keys}
-
-        async def start() -> None:
-            response = await client.post("/screeners/ltp/start", json=body)
-            if response.status_code >= 300:
-                raise StartupError(f"POST /screeners/ltp/start answered {response.status_code}:"
-                                   f" {response.text[:300]}")
-
-        await start()
-
-        async def refresh() -> None:
-            while True:
-                await asyncio.sleep(STREAM_REFRESH_SECONDS)
-                try:
-                    await start()
-                except (StartupError, httpx.HTTPError) as exc:
-                    log.warning("could not refresh the stream: %s", exc)
-
-        task = asyncio.create_task(refresh(), name="stream-refresh")
-
-        async def stop() -> None:
-            await _cancel(task)
-            with contextlib.suppress(httpx.HTTPError):
-                await client.post("/screeners/ltp/stop", json={"name": STREAM_NAME})
-
-        self.exits.push_async_callback(stop)
+        await register_stream(self.page_url, keys, admin_key=admin, exits=self.exits)
         self.say(f"stream     {STREAM_NAME!r}: {len(keys)} instruments")
 
 
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
+# StackOptions, StartupError and sample_keys were imported from here before `config` held them.
 __all__ = ["LocalStack", "StackOptions", "StartupError", "sample_keys"]

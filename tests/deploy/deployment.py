@@ -160,6 +160,8 @@ class Deployment:
                 timeout=function.spec.timeout, memory=function.spec.memory,
             )  # fmt: skip
         for lid, waiting in pending.items():
+            if lid in self.hosts:
+                self.hosts[lid].close()
             self.hosts[lid] = waiting.ready()
 
     def function_environment(self, function: Function) -> dict[str, str]:
@@ -240,6 +242,8 @@ class Deployment:
                 except Exception:  # noqa: BLE001 - still stop the processes below
                     pass
         finally:
+            for host in self.hosts.values():
+                host.close()
             self.processes.close()
             if self.loop is not None:
                 self.loop.close()

@@ -208,6 +208,9 @@ class LambdaHost:
         payload = json.loads(raw) if raw else None
         return Invocation(answer["StatusCode"], answer.get("FunctionError"), payload)
 
+    def close(self) -> None:
+        self.client.close()  # its pooled sockets, else a ResourceWarning lands in a later test
+
     def __call__(self, event: Any, context: Any = None) -> Any:
         """A handler for the local gateway: the decoded result, or FunctionFailed."""
         result = self.invoke(event)

@@ -52,7 +52,8 @@ from urllib.parse import quote
 
 import pytest
 
-from core.names import LIVE_LTP_CHANNEL, WS_CONNECTIONS_KEY, ltp_key
+from core.names import LIVE_LTP_CHANNEL, ltp_key
+from realtime.keys import CONNECTIONS
 from tests.deploy.cloud import (
     Cloud,
     Feed,
@@ -480,8 +481,8 @@ def test_walk(deploy_synth: Synth, cloud: Cloud, feed: Feed, deploy_workdir: Pat
         def disconnect() -> str:
             state["ws"].close()
             wait_for("the connection forgotten by $disconnect",
-                     lambda: redis.zcard(WS_CONNECTIONS_KEY) == 0, timeout=10,
-                     last_seen=lambda: f"{redis.zcard(WS_CONNECTIONS_KEY)} registered")
+                     lambda: redis.zcard(CONNECTIONS) == 0, timeout=10,
+                     last_seen=lambda: f"{redis.zcard(CONNECTIONS)} registered")
             return "closed; the registry holds no connection"
 
         walk.run("disconnect", disconnect, needs=("connect through the authorizer",),

@@ -13,9 +13,10 @@ import pytest
 import redis
 from moto import mock_aws
 
-from core.names import HEARTBEAT_KEY, WS_CONNECTIONS_KEY, stream_key
+from core.names import HEARTBEAT_KEY, stream_key
 from functions.api.health import assess, heartbeat_time
 from functions.streams import EcsStreamerService
+from realtime.keys import CONNECTIONS
 from tests.functions import test_api_support as support
 from tests.functions.test_api_support import ApiHarness, MakeApi
 
@@ -79,7 +80,7 @@ def test_fresh_heartbeat_streams_and_connections(
     redis_client.set(stream_key("longterm"), json.dumps(longterm))
     now = time.time()
     # Connection registry (functions.ws): ids scored by expiry; expired ones do not count.
-    redis_client.zadd(WS_CONNECTIONS_KEY, {"c1": now + 3600, "c2": now + 60, "old": now - 5})
+    redis_client.zadd(CONNECTIONS, {"c1": now + 3600, "c2": now + 60, "old": now - 5})
 
     body = api.health().json()
 

@@ -10,10 +10,10 @@ import pytest
 import redis
 
 import functions.fanout as module
-from core import names
 from functions.fanout import handler
-from functions.fanout.core import Fanout
+from functions.fanout.runner import Fanout
 from local.apigw import GatewayConfig
+from realtime import keys as layout
 from tests.realtime_support import (
     Stack,
     connect,
@@ -84,7 +84,7 @@ async def test_a_late_window_never_regresses_a_price(
 async def test_stream_never_goes_behind_the_snapshot(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    redis_client.hset(names.WS_LATEST_KEY, KEYS[0], orjson.dumps(update(KEYS[0], 9, 99.5)))
+    redis_client.hset(layout.LATEST, KEYS[0], orjson.dumps(update(KEYS[0], 9, 99.5)))
     async with ws_stack(redis_url, shards=1) as stack, connect(stack.gateway.ws_url) as ws:
         snapshot = await request(ws, {"action": "subscribe", "keys": [KEYS[0]]})
         assert snapshot["prices"][KEYS[0]]["version"] == 9
@@ -107,8 +107,8 @@ async def test_gone_connections_are_removed(redis_url: str, redis_client: redis.
         assert result.gone == 1
         assert result.posts == 1
         assert stack.registry.count() == 1
-        assert not redis_client.exists(names.ws_conn_keys_key("ghost000000="))
-        refs = redis_client.hgetall(names.ws_shard_refs_key(0))
+        assert not redis_client.exists(layout.conn_keys("ghost000000="))
+        refs = redis_client.hgetall(layout.shard_refs(0))
         assert refs == {KEYS[0].encode(): b"1"}
         assert len(await drain(ws)) == 1
 
@@ -139,7 +139,7 @@ async def test_throttled_updates_are_carried_into_the_next_message(
             update(KEYS[0], 1, 10.0), update(KEYS[1], 1, 20.0)]})
         assert first.throttled == 1 and first.posts == 0
         assert first.deferred == 2
-        assert redis_client.smembers(names.WS_PENDING_SHARDS_KEY) == {b"0"}
+        assert redis_client.smembers(layout.PENDING_SHARDS) == {b"0"}
         assert await drain(ws, 0.2) == []
         # Next window: KEY0 moved on, KEY2 is new; KEY1 only comes from the carried update.
         second = await stack.run_fanout(fanout, {"shard": 0, "updates": [
@@ -148,7 +148,7 @@ async def test_throttled_updates_are_carried_into_the_next_message(
         (message,) = await drain(ws)
         assert sorted((u["key"], u["version"]) for u in message["updates"]) == [
             (KEYS[0], 2), (KEYS[1], 1), (KEYS[2], 1)]
-        assert not redis_client.exists(names.ws_shard_carry_key(0))
+        assert not redis_client.exists(layout.shard_carry(0))
 
 
 async def test_pending_updates_go_out_even_without_new_ticks(
@@ -201,8 +201,8 @@ async def test_expired_connections_are_swept(redis_url: str, redis_client: redis
         assert stack.registry.count() == 0  # past its 2 h: not counted any more
         result = await stack.run_fanout(stack.fanout(), {"shard": 0, "updates": []})
         assert result.swept == 1
-        assert redis_client.zcard(names.WS_CONNECTIONS_KEY) == 0
-        assert redis_client.hlen(names.ws_shard_refs_key(0)) == 0
+        assert redis_client.zcard(layout.CONNECTIONS) == 0
+        assert redis_client.hlen(layout.shard_refs(0)) == 0
 
 
 async def test_handler_entry_point_emits_metrics(

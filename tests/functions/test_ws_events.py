@@ -13,9 +13,9 @@ import pytest
 import redis
 
 import functions.ws as ws
-from core import names
 from functions.wsauth import mint_token
 from local.apigw import Handlers, LocalApiGateway
+from realtime import keys as layout
 
 EVENTS = Path(__file__).parent.parent / "events"
 SECRET = "events-secret"
@@ -67,18 +67,18 @@ async def test_connect_message_disconnect_on_aws_shapes(
         connected_at = int(time.time()) - 60
         connect["requestContext"]["connectedAt"] = connected_at * 1000
         assert ws.connect(connect, None) == {"statusCode": 200}
-        meta = redis_client.hgetall(names.ws_conn_key(cid))
+        meta = redis_client.hgetall(layout.conn(cid))
         assert meta[b"source_ip"] == b"203.0.113.7"
         assert meta[b"subject"] == b"browser"
         assert meta[b"connected_at"] == str(connected_at * 1000).encode()
         # Expiry follows API Gateway's connectedAt (+ 2 h), not the handler's clock.
-        expiry = redis_client.zscore(names.WS_CONNECTIONS_KEY, cid)
-        assert expiry == connected_at + names.WS_MAX_CONNECTION_SECONDS + 1
+        expiry = redis_client.zscore(layout.CONNECTIONS, cid)
+        assert expiry == connected_at + layout.MAX_CONNECTION_SECONDS + 1
         answer = await asyncio.to_thread(ws.message, event("ws_message_subscribe.json"), None)
         assert answer == {"statusCode": 200}
         # Its keys were recorded first; then the snapshot post met 410 and the connection went.
-        assert not redis_client.exists(names.ws_conn_key(cid))
+        assert not redis_client.exists(layout.conn(cid))
         assert ws.connect(connect, None) == {"statusCode": 200}
         assert ws.disconnect(event("ws_disconnect.json"), None) == {"statusCode": 200}
-        assert not redis_client.exists(names.ws_conn_key(cid))
+        assert not redis_client.exists(layout.conn(cid))
         await asyncio.to_thread(ws.message, event("ws_message_default.json"), None)

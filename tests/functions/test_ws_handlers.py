@@ -9,6 +9,7 @@ from websockets.exceptions import InvalidStatus
 
 from core import names
 from functions.wsauth import mint_token
+from realtime import keys as layout
 from tests.realtime_support import (
     connect,
     drain,
@@ -29,7 +30,7 @@ async def test_subscribe_answers_with_snapshot_of_cached_and_bridge_prices(
     redis_client.set(names.ltp_key("NSE_EQ:1333"), "1612.35", ex=30)
     redis_client.set(names.ltp_key("NSE_EQ:2885"), "2950.1", ex=30)
     latest = update("NSE_EQ:2885", 42, 2950.2) | {"symbol": "RELIANCE"}
-    redis_client.hset(names.WS_LATEST_KEY, "NSE_EQ:2885", orjson.dumps(latest))
+    redis_client.hset(layout.LATEST, "NSE_EQ:2885", orjson.dumps(latest))
     async with ws_stack(redis_url) as stack, connect(stack.gateway.ws_url) as ws:
         reply = await request(ws, {"action": "subscribe", "id": "r1",
                                    "keys": ["NSE_EQ:1333", "NSE_EQ:2885", "NSE_EQ:9"]})
@@ -54,7 +55,7 @@ async def test_ping_pong_and_unsubscribe(redis_url: str, redis_client: redis.Red
         assert reply == {"type": "unsubscribed", "keys": ["NSE_EQ:1"], "total": 1}
         (cid,) = stack.gateway.connections
         shard = stack.registry.shard(cid)
-        refs = redis_client.hgetall(names.ws_shard_refs_key(shard))
+        refs = redis_client.hgetall(layout.shard_refs(shard))
         assert refs == {b"NSE_EQ:2": b"1"}
 
 
@@ -127,8 +128,8 @@ async def test_disconnect_removes_the_connection(redis_url: str, redis_client: r
             (cid,) = stack.gateway.connections
             assert stack.registry.count() == 1
         await wait_for(lambda: stack.registry.count() == 0)
-        assert not redis_client.exists(names.ws_conn_key(cid), names.ws_conn_keys_key(cid))
-        assert redis_client.hlen(names.ws_shard_refs_key(stack.registry.shard(cid))) == 0
+        assert not redis_client.exists(layout.conn(cid), layout.conn_keys(cid))
+        assert redis_client.hlen(layout.shard_refs(stack.registry.shard(cid))) == 0
 
 
 async def test_unauthorized_connects_are_refused(redis_url: str, redis_client: redis.Redis) -> None:
@@ -152,7 +153,7 @@ async def test_unauthorized_connects_are_refused(redis_url: str, redis_client: r
         async with connect(f"{url}?token={mint_token(SECRET, subject='alice')}") as ws:
             assert (await request(ws, {"action": "ping"}))["type"] == "pong"
             (cid,) = stack.gateway.connections
-            assert redis_client.hget(names.ws_conn_key(cid), "subject") == b"alice"
+            assert redis_client.hget(layout.conn(cid), "subject") == b"alice"
 
 
 async def test_pipelined_messages_are_each_answered(

@@ -7,15 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from functions.fanout.plan import (
-    build_messages,
-    index_window,
-    pack_messages,
-    route,
-    split_floors,
-)
 from functions.ws.protocol import ProtocolError, parse_client_message
 from functions.wsauth import TokenError, mint_token, verify_token
+from realtime.delivery import build_messages, index_window, pack_messages, route
+from realtime.views import ShardView
 from tests.realtime_support import update
 
 
@@ -126,7 +121,8 @@ def test_routing_sends_each_connection_its_fresh_keys_above_their_floors(
     """Windows of rising versions (as the shard's claims let through): every connection gets
     exactly its keys' updates that are newer than its snapshot floor, window after window,
     although `route` forgets a floor as soon as a version passed it."""
-    keys, floors = split_floors(subscriptions)
+    view = ShardView.from_floors(subscriptions)
+    keys, floors = view.keys, view.floors
     current = dict.fromkeys(KEY_POOL, 0)
     for step in steps:
         window = {}

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from infra.bundling import (
+    PACKAGES,
     BundlePlan,
     LocalPipBundler,
     default_plan,
@@ -73,7 +74,7 @@ def test_the_asset_hash_follows_sources_and_requirements(tmp_path: Path) -> None
 
 def test_packages_are_copied_without_bytecode(tmp_path: Path) -> None:
     source, out = tmp_path / "src", tmp_path / "out"
-    for package in ("core", "functions"):
+    for package in PACKAGES:
         (source / package / "__pycache__").mkdir(parents=True)
         (source / package / "__init__.py").write_text("")
         (source / package / "__pycache__" / "x.pyc").write_bytes(b"\0")

@@ -87,7 +87,8 @@ def lambda_asset_dir(cloud_assembly: Path) -> Path:
 def test_the_lambda_asset_was_bundled_for_lambda_without_pandas(cloud_assembly: Path) -> None:
     asset = lambda_asset_dir(cloud_assembly)
     for needed in ("dhanhq", "redis", "hiredis", "fastapi", "mangum", "aws_lambda_powertools",
-                   "orjson", "websockets", "requests", "core", "functions"):  # fmt: skip
+                   "orjson", "websockets", "requests", "core", "realtime",
+                   "functions"):  # fmt: skip
         assert (asset / needed).is_dir(), needed
     assert (asset / "functions" / "schedule" / "nse_holidays.json").is_file()
     native = list((asset / "pydantic_core").glob("*.so"))
@@ -104,5 +105,6 @@ def test_the_image_context_holds_only_what_the_dockerfile_copies(cloud_assembly:
     context = cloud_assembly / image["source"]["directory"]
     assert (context / "streamer" / "Dockerfile").is_file()
     assert {p.name for p in context.iterdir()} <= {
-        ".dockerignore", "README.md", "pyproject.toml", "core", "streamer"
+        ".dockerignore", "README.md", "pyproject.toml", "core", "realtime", "relay", "streamer"
     }
+    assert (context / "relay" / "__main__.py").is_file()  # the bridge container's command

@@ -3,7 +3,7 @@
 For every Python Lambda (by its handler string) and every container (by its command), the
 deployable's wiring module is found the way the runtime finds the code (`functions.ws.connect`
 -> `functions.ws.wiring`; `python -m streamer` -> `streamer.wiring`; a module that is its own
-wiring, like `streamer.bridge_main`, is used as is). Its `read_settings(environ)` is run on a
+wiring, like `relay.wiring`, is used as is). Its `read_settings(environ)` is run on a
 mapping that records each name read: a variable the template passes and nothing reads is a
 setting silently dropped (the bug behind `issues show 10`: the bridge never read
 REDIS_AUTH_TOKEN). Its `REQUIRED_ENV[entry]` names what it cannot work without in AWS; the
@@ -104,7 +104,7 @@ def test_every_deployable_is_found(synthesized: Synthesized) -> None:
     assert found == {
         "functions.api.handler", "functions.ws.authorize", "functions.ws.connect",
         "functions.ws.disconnect", "functions.ws.message", "functions.fanout.handler",
-        "functions.schedule.handler", "python -m streamer", "python -m streamer.bridge_main",
+        "functions.schedule.handler", "python -m streamer", "python -m relay",
     }  # fmt: skip
 
 
@@ -134,7 +134,7 @@ def test_the_template_passes_every_variable_a_deployable_requires(
 def test_the_recording_sees_a_dropped_variable() -> None:
     """The check above can fail: a bridge whose settings skipped REDIS_AUTH_TOKEN (the bug
     this test exists for) leaves the name unread."""
-    from streamer.bridge_main import BridgeSettings
+    from relay.wiring import BridgeSettings
 
     environ = RecordingEnviron({"REDIS_URL": "rediss://h:6379/0", "REDIS_AUTH_TOKEN": "t",
                                 "FANOUT_FUNCTION_NAME": "f"})

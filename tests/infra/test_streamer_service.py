@@ -41,7 +41,7 @@ def test_streamer_and_bridge_run_in_one_task_and_stop_gracefully(
     found = containers(synthesized)
     assert set(found) == {"streamer", "bridge"}
     assert found["streamer"]["Command"] == ["python", "-m", "streamer"]
-    assert found["bridge"]["Command"] == ["python", "-m", "streamer.bridge_main"]
+    assert found["bridge"]["Command"] == ["python", "-m", "relay"]
     for container in found.values():
         assert container["Essential"] is True
         assert container["StopTimeout"] == 30

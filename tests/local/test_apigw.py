@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from local.apigw import GatewayConfig, Handlers, LocalApiGateway
 from local.apigw.client import InProcessManagement, boto3_client
-from local.apigw.gateway import MAX_CLIENT_BUFFER_BYTES
+from local.apigw.posting import MAX_CLIENT_BUFFER_BYTES
 from tests.realtime_support import wait_for
 
 EVENTS = Path(__file__).parent.parent / "events"

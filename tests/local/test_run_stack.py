@@ -24,7 +24,8 @@ from core import names
 from functions.wsauth import verify_token
 from local.redis_server import embedded_redis_server, free_port
 from local.run import parse_args, serve
-from local.run.stack import SIM_CLIENT_ID, STREAM_NAME, LocalStack, StackOptions, sample_keys
+from local.run.config import SIM_CLIENT_ID, STREAM_NAME
+from local.run.stack import LocalStack, StackOptions, sample_keys
 from tests.local.run_support import RunningStack, running_stack, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

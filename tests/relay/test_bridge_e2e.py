@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 
 from core import names
 from core.messages import batch_update, dumps, format_price
-from streamer.bridge import LocalInvoker, RelayBridge
+from local.invoker import LocalInvoker
+from relay.bridge import RelayBridge
 from tests.realtime_support import Stack, connect, drain, recv_json, send_json, update, ws_stack
 
 

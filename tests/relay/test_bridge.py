@@ -16,18 +16,15 @@ import redis.asyncio as aioredis
 from core import names
 from core.errors import ConfigError
 from core.messages import batch_update, dumps
-from functions.registry import ConnectionRegistry, shard_of
-from streamer.bridge import (
-    Conflator,
-    LambdaInvoker,
-    LocalInvoker,
-    RelayBridge,
-    expected_posts,
-    next_window,
-    split_payloads,
-)
-from streamer.bridge_main import BridgeSettings, build_bridge
-from streamer.bridge_main import main as bridge_main
+from local.invoker import LocalInvoker
+from realtime import keys as layout
+from realtime.registry import ConnectionRegistry, shard_of
+from realtime.window import Conflator, expected_posts, next_window, split_payloads
+from relay.bridge import RelayBridge
+from relay.invoke import LambdaInvoker
+from relay.settings import BridgeSettings
+from relay.wiring import build_bridge
+from relay.wiring import main as bridge_main
 from tests.realtime_support import update, wait_for
 
 
@@ -146,9 +143,9 @@ async def test_windows_invoke_each_shard_with_its_own_newest_updates(
     assert {(s, k) for s, k, _, _ in invoker.updates()} == expected
     # Every window's values are in ws:latest (the snapshot's source), unsubscribed keys too.
     latest = {k.decode(): orjson.loads(v)["version"]
-              for k, v in redis_client.hgetall(names.WS_LATEST_KEY).items()}
+              for k, v in redis_client.hgetall(layout.LATEST).items()}
     assert latest.items() >= {"NSE_EQ:1": 3, "NSE_EQ:2": 3, "NSE_EQ:3": 3, "NSE_EQ:4": 3}.items()
-    assert 0 < redis_client.ttl(names.WS_LATEST_KEY) <= names.WS_LATEST_TTL_SECONDS
+    assert 0 < redis_client.ttl(layout.LATEST) <= layout.LATEST_TTL_SECONDS
     pairs = [(p["window"], p["shard"]) for p in invoker.payloads]
     assert len(pairs) == len(set(pairs))
 
@@ -192,16 +189,16 @@ async def test_pending_and_housekeeping_shards_are_invoked_without_updates(
     bridge = RelayBridge(redis=aredis, invoker=invoker, housekeeping_seconds=3600)
     await bridge.close_window()  # the first window is a housekeeping one: every shard
     assert sorted(p["shard"] for p in invoker.payloads) == [0, 1, 2, 3]
-    heartbeat = orjson.loads(redis_client.get(names.WS_BRIDGE_HEARTBEAT_KEY) or b"{}")
+    heartbeat = orjson.loads(redis_client.get(layout.BRIDGE_HEARTBEAT) or b"{}")
     assert heartbeat["windows"] == 1 and heartbeat["reader_errors"] == 0
-    assert 0 < redis_client.ttl(names.WS_BRIDGE_HEARTBEAT_KEY) <= 60
+    assert 0 < redis_client.ttl(layout.BRIDGE_HEARTBEAT) <= 60
     invoker.payloads.clear()
     await bridge.close_window()
     assert invoker.payloads == []
-    redis_client.sadd(names.WS_PENDING_SHARDS_KEY, 2)
+    redis_client.sadd(layout.PENDING_SHARDS, 2)
     await bridge.close_window()
     assert [(p["shard"], p["updates"]) for p in invoker.payloads] == [(2, [])]
-    assert not redis_client.exists(names.WS_PENDING_SHARDS_KEY)
+    assert not redis_client.exists(layout.PENDING_SHARDS)
 
 
 async def test_window_adapts_to_the_post_budget(aredis: aioredis.Redis,

@@ -1,13 +1,6 @@
-"""`python -m streamer.bridge_main`: the relay bridge as a process (AWS: beside the streamer).
+"""`python -m relay`: the relay bridge as a process (AWS: beside the streamer, same task).
 
-| variable | default | meaning |
-|---|---|---|
-| REDIS_URL, REDIS_AUTH_TOKEN / REDIS_AUTH_SECRET_ARN, ... | | `core.redis_client` |
-| FANOUT_FUNCTION_NAME | (required) | the fan-out Lambda invoked once per active shard |
-| WS_POST_BUDGET_PER_SECOND | 5000 | PostToConnection rate the window keeps under |
-| WS_WINDOW_MIN_MS / WS_WINDOW_MAX_MS | 250 / 2000 | bounds of the adaptive window |
-
-Exit codes: 0 stopped by a signal, 2 bad configuration.
+Exit codes: 0 stopped by a signal, 2 bad configuration (settings in `relay.settings`).
 """
 
 from __future__ import annotations
@@ -18,49 +11,19 @@ import logging
 import signal
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from core.config import Env
 from core.errors import ConfigError, SecretError
-from core.redis_client import CONTAINER_REDIS_ENV, RedisSettings, async_client, check_auth
+from core.redis_client import CONTAINER_REDIS_ENV, async_client, check_auth
 from core.runtime import tune_gc
 from core.secrets import SecretsManagerReader
-from streamer.bridge import DEFAULT_BUDGET_PER_SECOND, Invoker, LambdaInvoker, RelayBridge
+from relay.bridge import RelayBridge
+from relay.invoke import Invoker, LambdaInvoker
+from relay.settings import BridgeSettings
 
-log = logging.getLogger("streamer.bridge")
+log = logging.getLogger("relay")
 
 REQUIRED_ENV = {"__main__": (*CONTAINER_REDIS_ENV, "FANOUT_FUNCTION_NAME")}
-
-# A pub/sub reader waits for messages with its own timeout; commands may take a while on a
-# busy cache, connecting may not.
-BRIDGE_REDIS = RedisSettings(socket_timeout=10.0, connect_timeout=3.0, retries=1)
-
-
-@dataclass(frozen=True, slots=True)
-class BridgeSettings:
-    redis: RedisSettings = field(default_factory=lambda: BRIDGE_REDIS)
-    fanout_function_name: str = ""
-    budget_per_second: float = DEFAULT_BUDGET_PER_SECOND
-    min_window: float = 0.25
-    max_window: float = 2.0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> BridgeSettings:
-        env = Env(environ)
-        settings = cls(
-            redis=RedisSettings.from_env(env, socket_timeout=BRIDGE_REDIS.socket_timeout,
-                                         connect_timeout=BRIDGE_REDIS.connect_timeout,
-                                         retries=BRIDGE_REDIS.retries),
-            fanout_function_name=env.text("FANOUT_FUNCTION_NAME"),
-            budget_per_second=env.number("WS_POST_BUDGET_PER_SECOND",
-                                         DEFAULT_BUDGET_PER_SECOND, minimum=1.0),
-            min_window=env.integer("WS_WINDOW_MIN_MS", 250, minimum=10) / 1000,
-            max_window=env.integer("WS_WINDOW_MAX_MS", 2000, minimum=10) / 1000,
-        )
-        if settings.max_window < settings.min_window:
-            raise ConfigError("WS_WINDOW_MAX_MS must be >= WS_WINDOW_MIN_MS")
-        return settings
 
 
 def read_settings(environ: Mapping[str, str] | None = None) -> BridgeSettings:
@@ -119,7 +82,3 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import redis
 
-from core import names
-from functions.registry import ConnectionRegistry, ShardSubscriptions, shard_of
+from realtime import keys as layout
+from realtime.registry import ConnectionRegistry, ShardSubscriptions, shard_of
 from tests.realtime_support import update
 
 
@@ -20,11 +20,11 @@ def test_refcounts_follow_subscriptions_across_connections(redis_client: redis.R
     registry.subscribe("a", ["K:1", "K:2"])
     registry.subscribe("b", ["K:2", "K:3"])
     registry.subscribe("b", ["K:2"])  # already held: no double count
-    refs = redis_client.hgetall(names.ws_shard_refs_key(0))
+    refs = redis_client.hgetall(layout.shard_refs(0))
     assert refs == {b"K:1": b"1", b"K:2": b"2", b"K:3": b"1"}
     registry.unsubscribe("a", ["K:2", "K:9"])
     registry.remove("b")
-    assert redis_client.hgetall(names.ws_shard_refs_key(0)) == {b"K:1": b"1"}
+    assert redis_client.hgetall(layout.shard_refs(0)) == {b"K:1": b"1"}
     assert registry.count() == 1
     assert list(registry.subscriptions(0).floors) == ["a"]
 
@@ -33,7 +33,7 @@ def test_unknown_connections_cannot_subscribe(redis_client: redis.Redis) -> None
     registry = ConnectionRegistry(redis=redis_client)
     result = registry.subscribe("nobody", ["K:1"])
     assert not result.ok and result.reason == "unknown connection"
-    assert not redis_client.exists(names.ws_conn_keys_key("nobody"))
+    assert not redis_client.exists(layout.conn_keys("nobody"))
 
 
 def test_the_limit_holds_under_concurrent_subscribes(redis_client: redis.Redis) -> None:
@@ -52,20 +52,20 @@ def test_everything_expires_after_the_api_gateway_maximum(redis_client: redis.Re
     assert shard == shard_of("x", 4)
     registry.subscribe("x", ["K:1"])
     registry.claim(shard, {"K:1": 1})
-    limit = names.WS_MAX_CONNECTION_SECONDS + names.WS_EXPIRY_MARGIN_SECONDS + 5
-    for key in (names.ws_conn_key("x"), names.ws_conn_keys_key("x"),
-                names.ws_shard_sent_key(shard)):
+    limit = layout.MAX_CONNECTION_SECONDS + layout.EXPIRY_MARGIN_SECONDS + 5
+    for key in (layout.conn("x"), layout.conn_keys("x"),
+                layout.shard_sent(shard)):
         ttl = redis_client.ttl(key)
-        assert names.WS_MAX_CONNECTION_SECONDS < ttl <= limit, key
-    expiry = redis_client.zscore(names.WS_CONNECTIONS_KEY, "x")
+        assert layout.MAX_CONNECTION_SECONDS < ttl <= limit, key
+    expiry = redis_client.zscore(layout.CONNECTIONS, "x")
     assert expiry is not None
-    assert abs(expiry - (time.time() + names.WS_MAX_CONNECTION_SECONDS)) < 5
-    later = time.time() + names.WS_MAX_CONNECTION_SECONDS + 10
+    assert abs(expiry - (time.time() + layout.MAX_CONNECTION_SECONDS)) < 5
+    later = time.time() + layout.MAX_CONNECTION_SECONDS + 10
     assert registry.count(now=later) == 0
     assert registry.subscriptions(shard, now=later).floors == {}
     assert registry.sweep(shard, now=later) == 1
-    assert redis_client.hlen(names.ws_shard_refs_key(shard)) == 0
-    assert not redis_client.exists(names.ws_conn_key("x"), names.ws_conn_keys_key("x"))
+    assert redis_client.hlen(layout.shard_refs(shard)) == 0
+    assert not redis_client.exists(layout.conn("x"), layout.conn_keys("x"))
 
 
 def test_a_shard_claims_only_newer_versions(redis_client: redis.Redis) -> None:
@@ -119,14 +119,14 @@ def test_carried_updates_come_back_once_while_still_the_newest(redis_client: red
     # K:3 is no longer wanted by the time the failure is recorded: not kept.
     registry.unsubscribe("a", ["K:3"])
     assert registry.defer({"a": failed, "b": [update("K:1", 11, 2.0)]}, shard=0) == 3
-    assert redis_client.smembers(names.WS_PENDING_SHARDS_KEY) == {b"0"}
+    assert redis_client.smembers(layout.PENDING_SHARDS) == {b"0"}
     # A later window overtakes K:2; K:1 is still the newest claimed version and comes back.
     claim = registry.claim(0, {"K:1": 10, "K:2": 12})
     assert claim.fresh == ["K:2"]
     carried = {cid: sorted((u["key"], u["version"]) for u in map(orjson.loads, raws))
                for cid, raws in claim.carried.items()}
     assert carried == {"a": [("K:1", 11)], "b": [("K:1", 11)]}
-    assert not redis_client.exists(names.ws_shard_carry_key(0))
+    assert not redis_client.exists(layout.shard_carry(0))
     assert registry.claim(0, {}).carried == {}
     # Deferring a version that something newer already overtook keeps nothing.
     assert registry.defer({"a": [update("K:2", 11, 2.0)]}, shard=0) == 0
@@ -137,5 +137,5 @@ def test_a_key_with_whitespace_cannot_claim_another_key(redis_client: redis.Redi
     big = 9_000_000_000_000_000
     claim = registry.claim(0, {"K:1\tK:2": big, "K:3 K:4": big, "K:5": 1})
     assert claim.fresh == ["K:5"]
-    assert redis_client.hkeys(names.ws_shard_sent_key(0)) == [b"K:5"]
+    assert redis_client.hkeys(layout.shard_sent(0)) == [b"K:5"]
     assert registry.claim(0, {"K:2": 1, "K:4": 1}).fresh == ["K:2", "K:4"]

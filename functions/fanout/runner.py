@@ -1,4 +1,5 @@
-"""The fan-out: one window's updates to every connection of one shard, concurrently.
+"""The fan-out's shell: one window's updates to every connection of one shard, concurrently.
+What each connection gets is planned by `realtime.delivery` (pure); this posts it.
 
 The window is claimed for the shard in the registry (a late or replayed window finds newer
 versions claimed and sends nothing older); each connection gets the claimed keys it wants,
@@ -25,16 +26,15 @@ from typing import Any
 
 import orjson
 
-from core.messages import loads, utc_now_iso
-from functions.fanout.plan import Update, index_window, pack_messages, route, split_floors
-from functions.registry import ConnectionRegistry
+from core.backoff import Backoff
+from core.messages import Update, loads, utc_now_iso
 from functions.ws.management import ManagementApi, PostOutcome, post
+from realtime.contracts import FanoutPayload
+from realtime.delivery import index_window, pack_messages, route, still_wanted
+from realtime.registry import ConnectionRegistry
+from realtime.views import EpochCache, ShardView
 
 log = logging.getLogger(__name__)
-
-# A cached view of a shard's subscriptions is re-read at least this often, even when the epoch
-# says nothing changed (a restarted Redis counts epochs from zero again).
-SUBSCRIPTIONS_MAX_AGE_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -55,14 +55,6 @@ class FanoutResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class _ShardView:
-    epoch: str
-    keys: dict[str, frozenset[str]]  # connection id -> its keys
-    floors: dict[str, dict[str, int]]  # connection id -> key -> snapshot floor not yet passed
-    loaded_at: float
 
 
 @dataclass(slots=True)
@@ -103,14 +95,13 @@ class Fanout:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fanout")
         self._random = random.Random()
         self._random_lock = threading.Lock()
-        self._views: dict[int, _ShardView] = {}
-        self._views_lock = threading.Lock()
+        self._views: EpochCache[int, ShardView] = EpochCache(clock=clock)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._registry.close()
 
-    def run(self, payload: Mapping[str, Any]) -> FanoutResult:
+    def run(self, payload: FanoutPayload | Mapping[str, Any]) -> FanoutResult:
         started = self._clock()
         shard = int(payload["shard"])
         result = FanoutResult(shard=shard)
@@ -123,8 +114,8 @@ class Fanout:
         routed = route(window, encoded, view.keys, view.floors)
         timestamp = utc_now_iso()
         for cid, raws in claim.carried.items():  # rare: only after failed posts
-            kept = self._still_wanted(raws, view.keys.get(cid, frozenset()),
-                                      view.floors.get(cid, {}))
+            kept = still_wanted(raws, view.keys.get(cid, frozenset()),
+                                view.floors.get(cid, {}))
             if kept:
                 routed.setdefault(cid, []).extend(kept)
         limit = self._max_bytes
@@ -158,35 +149,18 @@ class Fanout:
         result.duration = self._clock() - started
         return result
 
-    def _view(self, shard: int, epoch: str) -> _ShardView:
-        with self._views_lock:
-            view = self._views.get(shard)
-        if (view is None or view.epoch != epoch
-                or self._clock() - view.loaded_at > SUBSCRIPTIONS_MAX_AGE_SECONDS):
+    def _view(self, shard: int, epoch: str) -> ShardView:
+        view = self._views.get(shard, epoch)
+        if view is None:
             subscriptions = self._registry.subscriptions(shard)
-            keys, floors = split_floors(subscriptions.floors)
-            view = _ShardView(subscriptions.epoch, keys, floors, self._clock())
-            with self._views_lock:
-                self._views[shard] = view
+            view = self._views.put(shard, subscriptions.epoch,
+                                   ShardView.from_floors(subscriptions.floors))
         return view
-
-    @staticmethod
-    def _still_wanted(carried: Sequence[bytes], keys: frozenset[str],
-                      floors: Mapping[str, int]) -> list[bytes]:
-        """Carried updates of keys the connection still wants, above its snapshot floor."""
-        if not carried or not keys:
-            return []
-        kept = []
-        for raw in carried:
-            update = loads(raw)
-            key = update.get("key")
-            if key in keys and update.get("version", -1) > floors.get(key, 0):
-                kept.append(raw)
-        return kept
 
     def _deliver(self, delivery: _Delivery, deadline: float) -> _Delivery:
         for message in delivery.messages:
             attempt = 0
+            backoff: Backoff | None = None
             while True:
                 outcome = post(self._api, delivery.connection_id, message)
                 if outcome is PostOutcome.SENT:
@@ -199,7 +173,10 @@ class Fanout:
                 if outcome in (PostOutcome.GONE, PostOutcome.TOO_LARGE):
                     delivery.outcome = outcome
                     return delivery
-                delay = self._backoff(attempt)
+                if backoff is None:  # built on the first refusal: most posts need none
+                    backoff = Backoff(base=self._backoff_base, cap=self._backoff_cap,
+                                      min_fraction=0.5, rng=self._uniform)
+                delay = backoff.next_delay()
                 if self._clock() + delay > deadline:
                     delivery.outcome = outcome
                     return delivery
@@ -207,10 +184,9 @@ class Fanout:
                 attempt += 1
         return delivery
 
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self._backoff_cap, self._backoff_base * 2**attempt)
-        with self._random_lock:
-            return float(ceiling / 2 + self._random.uniform(0, ceiling / 2))
+    def _uniform(self) -> float:
+        with self._random_lock:  # posts retry from several threads
+            return self._random.random()
 
     @staticmethod
     def _account(delivery: _Delivery, result: FanoutResult) -> None:

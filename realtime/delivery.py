@@ -1,4 +1,4 @@
-"""Pure parts of the fan-out: which updates a connection gets, and how they become messages.
+"""The delivery plan, pure: which updates each connection of a shard gets, as which messages.
 
 A connection gets the window's fresh updates for its keys above its snapshot floors (`route`;
 what failed to reach it before is added by the fan-out from the registry's carry), as one
@@ -14,38 +14,17 @@ from typing import Any
 
 import orjson
 
-from core.messages import BATCH_UPDATE, SOURCE_WEBSOCKET
-
-Update = Mapping[str, Any]
-
-
-def valid_version(update: Update) -> bool:
-    version = update.get("version")
-    return isinstance(version, int) and not isinstance(version, bool) and version >= 0
+from core.messages import BATCH_UPDATE, SOURCE_WEBSOCKET, Update, loads
+from realtime.window import Conflator
 
 
-def index_window(updates: Iterable[Update]) -> dict[str, Update]:
-    """The window's updates by key, newest version kept (the bridge already conflates)."""
-    window: dict[str, Update] = {}
-    for update in updates:
-        key = update.get("key")
-        if not isinstance(key, str) or not valid_version(update):
-            continue
-        current = window.get(key)
-        if current is None or update["version"] > current["version"]:
-            window[key] = update
-    return window
+def index_window(updates: Iterable[Mapping[str, Any]]) -> dict[str, Update]:
+    """The window's updates by key, newest version kept (the bridge already conflates; a
+    payload from anywhere else is not trusted to)."""
+    return Conflator().extend(updates).drain()
 
 
-def split_floors(floors: Mapping[str, Mapping[str, int]]
-                 ) -> tuple[dict[str, frozenset[str]], dict[str, dict[str, int]]]:
-    """{id: {key: floor}} -> (id -> its keys, id -> only the keys with a snapshot floor)."""
-    keys = {cid: frozenset(wanted) for cid, wanted in floors.items()}
-    raised = {cid: {k: f for k, f in wanted.items() if f > 0} for cid, wanted in floors.items()}
-    return keys, {cid: f for cid, f in raised.items() if f}
-
-
-def route(window: Mapping[str, Update], encoded: Mapping[str, bytes],
+def route(window: Mapping[str, Mapping[str, Any]], encoded: Mapping[str, bytes],
           keys: Mapping[str, frozenset[str]],
           floors: dict[str, dict[str, int]]) -> dict[str, list[bytes]]:
     """Connection id -> the encoded fresh updates it gets: its keys', above its floors.
@@ -75,7 +54,22 @@ def route(window: Mapping[str, Update], encoded: Mapping[str, bytes],
     return routed
 
 
-def build_messages(updates: Sequence[Update], *, timestamp: str, max_bytes: int) -> list[bytes]:
+def still_wanted(carried: Sequence[bytes], keys: frozenset[str],
+                 floors: Mapping[str, int]) -> list[bytes]:
+    """Carried updates (JSON) of keys the connection still wants, above its snapshot floor."""
+    if not carried or not keys:
+        return []
+    kept = []
+    for raw in carried:
+        update = loads(raw)
+        key = update.get("key")
+        if key in keys and update.get("version", -1) > floors.get(key, 0):
+            kept.append(raw)
+    return kept
+
+
+def build_messages(updates: Sequence[Mapping[str, Any]], *, timestamp: str,
+                   max_bytes: int) -> list[bytes]:
     """One batch message, or as few as fit `max_bytes` each when it would be larger."""
     return pack_messages([orjson.dumps(update) for update in updates], timestamp=timestamp,
                          max_bytes=max_bytes)

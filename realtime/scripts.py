@@ -1,0 +1,181 @@
+"""The registry's Lua scripts: everything that must change together runs in one script, so a
+subscribe, an unsubscribe, a removal and a fan-out claim never see each other half done.
+
+Their KEYS come from `realtime.keys`; the two scripts that reach a connection's keys hash from
+its id build the name from the same constants (prepended as Lua locals), never from a literal.
+"""
+
+from __future__ import annotations
+
+from realtime import keys
+
+# Window keys per HMGET/HSET inside the claim script: Lua's unpack() has a stack limit.
+CLAIM_CHUNK = 1000
+
+_CONN_KEYS = (f"local _CONN_KEYS_PREFIX, _CONN_KEYS_SUFFIX = "
+              f"'{keys.CONN_PREFIX}', '{keys.CONN_KEYS_SUFFIX}'\n")
+
+# Versions compare as decimal strings: Lua numbers are doubles and would round big versions.
+NEWER = """
+local function newer(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+"""
+
+# KEYS: meta, keys, refs, refs epoch, shard epoch. ARGV: limit, expire_at, key...
+# Returns {status, total, new keys...}: status 0 ok, -1 unknown connection, -2 over the limit.
+SUBSCRIBE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+local limit = tonumber(ARGV[1])
+local fresh, seen = {}, {}
+for i = 3, #ARGV do
+  local key = ARGV[i]
+  if not seen[key] and redis.call('HEXISTS', KEYS[2], key) == 0 then fresh[#fresh + 1] = key end
+  seen[key] = true
+end
+local total = redis.call('HLEN', KEYS[2])
+if total + #fresh > limit then return {-2, total} end
+for _, key in ipairs(fresh) do
+  redis.call('HSET', KEYS[2], key, '0')
+  redis.call('HINCRBY', KEYS[3], key, 1)
+end
+if #fresh > 0 then
+  redis.call('INCR', KEYS[4])
+  redis.call('INCR', KEYS[5])
+end
+redis.call('EXPIREAT', KEYS[2], ARGV[2])
+local result = {0, total + #fresh}
+for _, key in ipairs(fresh) do result[#result + 1] = key end
+return result
+"""
+
+# KEYS: keys, refs, refs epoch, shard epoch. ARGV: key... Returns the keys actually removed.
+UNSUBSCRIBE = """
+local removed = {}
+for i = 1, #ARGV do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    removed[#removed + 1] = ARGV[i]
+    if redis.call('HINCRBY', KEYS[2], ARGV[i], -1) <= 0 then
+      redis.call('HDEL', KEYS[2], ARGV[i])
+    end
+  end
+end
+if #removed > 0 then
+  redis.call('INCR', KEYS[3])
+  redis.call('INCR', KEYS[4])
+end
+return removed
+"""
+
+# KEYS: connections, shard, refs, meta, keys, refs epoch, shard epoch. ARGV: connection id.
+# A carried update of a removed connection is dropped by the next claim (nobody wants it).
+REMOVE = """
+local keys = redis.call('HKEYS', KEYS[5])
+for _, key in ipairs(keys) do
+  if redis.call('HINCRBY', KEYS[3], key, -1) <= 0 then redis.call('HDEL', KEYS[3], key) end
+end
+if #keys > 0 then redis.call('INCR', KEYS[6]) end
+redis.call('DEL', KEYS[4], KEYS[5])
+redis.call('ZREM', KEYS[1], ARGV[1])
+local was = redis.call('ZREM', KEYS[2], ARGV[1])
+if was == 1 or #keys > 0 then redis.call('INCR', KEYS[7]) end
+return was
+"""
+
+# KEYS: keys, shard epoch. ARGV: (key, version) pairs. Raises the floor of still-subscribed
+# keys to their snapshot version; returns how many moved.
+SNAPSHOT = NEWER + """
+local changed = 0
+for i = 1, #ARGV, 2 do
+  local floor = redis.call('HGET', KEYS[1], ARGV[i])
+  if floor and newer(ARGV[i + 1], floor) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    changed = changed + 1
+  end
+end
+if changed > 0 then redis.call('INCR', KEYS[2]) end
+return changed
+"""
+
+# KEYS: shard, shard epoch. ARGV: now. Returns {epoch, {id, {key, floor, ...}, ...}}: every
+# live connection of the shard with its keys and floors, read atomically with the epoch.
+SUBSCRIPTIONS = _CONN_KEYS + """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+local out = {}
+for _, cid in ipairs(ids) do
+  out[#out + 1] = cid
+  out[#out + 1] = redis.call('HGETALL', _CONN_KEYS_PREFIX .. cid .. _CONN_KEYS_SUFFIX)
+end
+return {redis.call('GET', KEYS[2]) or '0', out}
+"""
+
+# KEYS: sent, carry, shard epoch. ARGV: expire_at, the window as one "key version key version"
+# string (one argument instead of two per key: packing them was most of the client's cost).
+# Claims each key whose version is newer than the newest claimed for the shard (so a late or
+# replayed window sends nothing older), then takes the carried updates that are still the
+# newest claimed version of their key (an older one was overtaken: its successor is being
+# delivered or carried). Returns {epoch, {claimed key...}, {carry field, update JSON, ...}}.
+CLAIM = NEWER + """
+local names, versions = {}, {}
+for key, version in string.gmatch(ARGV[2], '(%S+) (%d+)') do
+  names[#names + 1] = key
+  versions[#versions + 1] = version
+end
+local n = #names
+local fresh = {}
+local first = 1
+while first <= n do
+  local last = math.min(n, first + """ + str(CLAIM_CHUNK - 1) + """)
+  local keys = {}
+  for i = first, last do keys[#keys + 1] = names[i] end
+  local sent = redis.call('HMGET', KEYS[1], unpack(keys))
+  local claims = {}
+  for j, key in ipairs(keys) do
+    local version = versions[first + j - 1]
+    if (not sent[j]) or newer(version, sent[j]) then
+      claims[#claims + 1] = key
+      claims[#claims + 1] = version
+      fresh[#fresh + 1] = key
+    end
+  end
+  if #claims > 0 then redis.call('HSET', KEYS[1], unpack(claims)) end
+  first = last + 1
+end
+if #fresh > 0 then redis.call('EXPIREAT', KEYS[1], ARGV[1]) end
+local carried = {}
+local flat = redis.call('HGETALL', KEYS[2])
+if #flat > 0 then
+  redis.call('DEL', KEYS[2])
+  for p = 1, #flat, 2 do
+    local key = string.match(flat[p], ' ([^ ]+)$')
+    local version = string.match(flat[p + 1], '"version":(%d+)')
+    if key and version and redis.call('HGET', KEYS[1], key) == version then
+      carried[#carried + 1] = flat[p]
+      carried[#carried + 1] = flat[p + 1]
+    end
+  end
+end
+return {redis.call('GET', KEYS[3]) or '0', fresh, carried}
+"""
+
+# KEYS: sent, carry, pending shards. ARGV: expire_at, shard, then (connection id, key,
+# version, update JSON) quads. Keeps a failed update for the connection's next message only
+# while it is the newest version claimed for its key (else its successor is on its way) and
+# the connection still wants the key.
+DEFER = _CONN_KEYS + """
+local kept = 0
+for i = 3, #ARGV, 4 do
+  local cid, key = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', KEYS[1], key) == ARGV[i + 2]
+      and redis.call('HEXISTS', _CONN_KEYS_PREFIX .. cid .. _CONN_KEYS_SUFFIX, key) == 1 then
+    redis.call('HSET', KEYS[2], cid .. ' ' .. key, ARGV[i + 3])
+    kept = kept + 1
+  end
+end
+if kept > 0 then
+  redis.call('EXPIREAT', KEYS[2], ARGV[1])
+  redis.call('SADD', KEYS[3], ARGV[2])
+end
+return kept
+"""

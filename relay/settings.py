@@ -1,0 +1,50 @@
+"""The relay bridge's settings, read once from the environment.
+
+| variable | default | meaning |
+|---|---|---|
+| REDIS_URL, REDIS_AUTH_TOKEN / REDIS_AUTH_SECRET_ARN, ... | | `core.redis_client` |
+| FANOUT_FUNCTION_NAME | (required) | the fan-out Lambda invoked once per active shard |
+| WS_POST_BUDGET_PER_SECOND | 5000 | PostToConnection rate the window keeps under |
+| WS_WINDOW_MIN_MS / WS_WINDOW_MAX_MS | 250 / 2000 | bounds of the adaptive window |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from core.config import Env
+from core.errors import ConfigError
+from core.redis_client import RedisSettings
+
+DEFAULT_BUDGET_PER_SECOND = 5000.0
+
+# A pub/sub reader waits for messages with its own timeout; commands may take a while on a
+# busy cache, connecting may not.
+BRIDGE_REDIS = RedisSettings(socket_timeout=10.0, connect_timeout=3.0, retries=1)
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSettings:
+    redis: RedisSettings = field(default_factory=lambda: BRIDGE_REDIS)
+    fanout_function_name: str = ""
+    budget_per_second: float = DEFAULT_BUDGET_PER_SECOND
+    min_window: float = 0.25
+    max_window: float = 2.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> BridgeSettings:
+        env = Env(environ)
+        settings = cls(
+            redis=RedisSettings.from_env(env, socket_timeout=BRIDGE_REDIS.socket_timeout,
+                                         connect_timeout=BRIDGE_REDIS.connect_timeout,
+                                         retries=BRIDGE_REDIS.retries),
+            fanout_function_name=env.text("FANOUT_FUNCTION_NAME"),
+            budget_per_second=env.number("WS_POST_BUDGET_PER_SECOND",
+                                         DEFAULT_BUDGET_PER_SECOND, minimum=1.0),
+            min_window=env.integer("WS_WINDOW_MIN_MS", 250, minimum=10) / 1000,
+            max_window=env.integer("WS_WINDOW_MAX_MS", 2000, minimum=10) / 1000,
+        )
+        if settings.max_window < settings.min_window:
+            raise ConfigError("WS_WINDOW_MAX_MS must be >= WS_WINDOW_MIN_MS")
+        return settings
