@@ -50,6 +50,7 @@ class SyncRedis(Protocol):
     def zcount(self, name: str, min: float | str, max: float | str) -> Any: ...
     def hget(self, name: str, key: str) -> Any: ...
     def hkeys(self, name: str) -> Any: ...
+    def exists(self, *names: str) -> Any: ...
     def close(self) -> None: ...
 
 
@@ -70,6 +71,7 @@ class SubscribeResult:
     added: list[str]
     total: int
     reason: str = ""
+    unknown_connection: bool = False  # not registered: refused, whatever the keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +180,7 @@ class ConnectionRegistry:
         )
         status, total = int(reply[0]), int(reply[1])
         if status == -1:
-            return SubscribeResult(False, [], 0, "unknown connection")
+            return SubscribeResult(False, [], 0, "unknown connection", unknown_connection=True)
         if status == -2:
             return SubscribeResult(
                 False, [], total,
@@ -193,6 +195,11 @@ class ConnectionRegistry:
             args=list(keys),
         )
         return [as_text(k) for k in reply]
+
+    def known(self, connection_id: str) -> bool:
+        """The connection is registered (its entry is gone after a cache wipe or replacement,
+        while API Gateway keeps the socket open)."""
+        return bool(self._redis.exists(layout.conn(connection_id)))
 
     def keys(self, connection_id: str) -> set[str]:
         return {as_text(k) for k in self._redis.hkeys(layout.conn_keys(connection_id))}

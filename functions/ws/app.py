@@ -27,6 +27,7 @@ from functions.ws.protocol import (
     error_message,
     parse_client_message,
     pong_message,
+    reconnect_message,
     snapshot_message,
     subscribed_message,
 )
@@ -144,12 +145,16 @@ class WsApp:
     def _apply(self, connection_id: str, action: ClientAction) -> dict[str, Any]:
         rid = action.request_id
         if action.action == "ping":
+            if not self._registry.known(connection_id):
+                return reconnect_message(request_id=rid)
             return pong_message(request_id=rid)
         if action.action == "unsubscribe":
             removed = self._registry.unsubscribe(connection_id, action.keys)
             total = len(self._registry.keys(connection_id))
             return subscribed_message("unsubscribe", removed, total, request_id=rid)
         result = self._registry.subscribe(connection_id, action.keys)
+        if result.unknown_connection:
+            return reconnect_message(request_id=rid)
         if not result.ok:
             return error_message(result.reason, request_id=rid)
         # The keys are recorded; only now is it safe to read what they cost.

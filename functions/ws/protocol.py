@@ -1,7 +1,9 @@
 """The browser <-> server WebSocket protocol: parsing client messages, building server ones.
 
 Client -> server: `{"action": "subscribe"|"unsubscribe", "keys": [...]}`, `{"action": "ping"}`.
-Server -> client: `snapshot`, `screener_ltp_batch_update` (the fan-out's), `pong`, `error`.
+Server -> client: `snapshot`, `screener_ltp_batch_update` (the fan-out's), `pong`, `error` (with
+`code: "reconnect"` when the registry no longer knows the connection: `ping` and `subscribe`
+answer so after a cache wipe, and the page opens a new socket and subscribes again).
 Parsing is pure and total: anything a client can send becomes either an action or a
 `ProtocolError` whose reason goes back in an `error` message; nothing is half applied.
 """
@@ -25,6 +27,11 @@ MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
 SNAPSHOT = "snapshot"
 PONG = "pong"
 ERROR = "error"
+# An `error` with this code means the server no longer knows the connection (the cache was
+# wiped or replaced): the client reconnects and subscribes again; nothing else will recover it.
+RECONNECT = "reconnect"
+UNKNOWN_CONNECTION = ("this connection is not registered (the cache was reset): "
+                      "reconnect and subscribe again")
 
 
 class ProtocolError(Exception):
@@ -88,6 +95,10 @@ def _with_id(message: dict[str, Any], request_id: str | None) -> dict[str, Any]:
 def error_message(reason: str, *, details: dict[str, Any] | None = None,
                   request_id: str | None = None) -> dict[str, Any]:
     return _with_id({"type": ERROR, "reason": reason, **(details or {})}, request_id)
+
+
+def reconnect_message(*, request_id: str | None = None) -> dict[str, Any]:
+    return error_message(UNKNOWN_CONNECTION, details={"code": RECONNECT}, request_id=request_id)
 
 
 def pong_message(*, request_id: str | None = None) -> dict[str, Any]:

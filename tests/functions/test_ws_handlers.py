@@ -47,6 +47,33 @@ async def test_subscribe_answers_with_snapshot_of_cached_and_bridge_prices(
             "NSE_EQ:1333": 0, "NSE_EQ:2885": 42, "NSE_EQ:9": 0}
 
 
+async def test_a_connection_lost_from_a_wiped_cache_is_told_to_reconnect(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The cache is replaced by an empty one while the socket stays open: `ping` and
+    `subscribe` answer an `error` with code `reconnect` (never `pong`, never a snapshot), and a
+    new connection subscribes and gets its snapshot again."""
+    redis_client.set(names.ltp_key("NSE_EQ:1333"), "1612.35", ex=30)
+    async with ws_stack(redis_url) as stack:
+        async with connect(stack.gateway.ws_url) as ws:
+            assert (await request(ws, {"action": "subscribe", "keys": ["NSE_EQ:1333"]})
+                    )["type"] == "snapshot"
+            redis_client.flushdb()
+            pong = await request(ws, {"action": "ping", "id": "p"})
+            assert pong["type"] == "error" and pong["code"] == "reconnect", pong
+            assert pong["id"] == "p" and "reconnect" in pong["reason"]
+            again = await request(ws, {"action": "subscribe", "keys": ["NSE_EQ:1333"]})
+            assert again["type"] == "error" and again["code"] == "reconnect", again
+            # Refused means refused: nothing was recorded for the unknown connection.
+            (cid,) = stack.gateway.connections
+            assert not redis_client.exists(layout.conn_keys(cid), layout.conn(cid))
+        redis_client.set(names.ltp_key("NSE_EQ:1333"), "1613.0", ex=30)
+        async with connect(stack.gateway.ws_url) as ws:
+            assert (await request(ws, {"action": "ping"}))["type"] == "pong"
+            snap = await request(ws, {"action": "subscribe", "keys": ["NSE_EQ:1333"]})
+            assert snap["prices"] == {"NSE_EQ:1333": {"ltp": 1613.0}}
+
+
 async def test_ping_pong_and_unsubscribe(redis_url: str, redis_client: redis.Redis) -> None:
     async with ws_stack(redis_url) as stack, connect(stack.gateway.ws_url) as ws:
         assert (await request(ws, {"action": "ping"}))["type"] == "pong"

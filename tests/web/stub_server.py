@@ -73,6 +73,7 @@ class StubServer:
         self.clients: set[WebSocket] = set()
         self.subscriptions: dict[WebSocket, set[str]] = {}
         self.muted: set[WebSocket] = set()
+        self.forgotten: set[WebSocket] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: uvicorn.Server | None = None
         self.thread: threading.Thread | None = None
@@ -133,6 +134,11 @@ class StubServer:
                 message = orjson.loads(await ws.receive_text())
                 if ws in self.muted:
                     continue
+                if ws in self.forgotten and message.get("action") in ("ping", "subscribe"):
+                    # What functions.ws answers once the registry lost the connection.
+                    await ws.send_text('{"type":"error","code":"reconnect",'
+                                       '"reason":"this connection is not registered"}')
+                    continue
                 if message.get("action") == "ping":
                     self.state.pings += 1
                     await ws.send_text('{"type":"pong"}')
@@ -150,6 +156,7 @@ class StubServer:
             self.clients.discard(ws)
             self.subscriptions.pop(ws, None)
             self.muted.discard(ws)
+            self.forgotten.discard(ws)
 
     async def ticker(self) -> None:
         while True:
@@ -195,6 +202,17 @@ class StubServer:
     def mute(self) -> None:
         """Keep the open sockets open but never send on them again (a half-dead connection)."""
         self.muted.update(self.clients)
+
+    def forget(self) -> None:
+        """Keep the open sockets open but stop knowing them (a wiped registry): their pings and
+        subscribes are answered with `reconnect` errors and no update reaches them."""
+
+        async def _forget() -> None:
+            self.forgotten.update(self.clients)
+            for ws in self.clients:
+                self.subscriptions[ws] = set()
+
+        self.call(_forget())
 
     def restore(self) -> None:
         self.state.ws_open = True

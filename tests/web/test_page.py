@@ -149,6 +149,28 @@ def test_a_silent_socket_is_detected_by_ping_and_replaced(browser: Any) -> None:
             context.close()
 
 
+def test_a_socket_the_server_forgot_reconnects_and_subscribes_again(browser: Any) -> None:
+    """After a cache wipe the server answers `error` code `reconnect` to ping and subscribe:
+    the page opens a new socket, subscribes its whole watchlist again and is live."""
+    with StubServer(KEYS, options={"pingIntervalMs": 300}).running() as stub:
+        context = browser.new_context()
+        page = context.new_page()
+        try:
+            page.goto(stub.url + "/")
+            page.wait_for_selector("#connection[data-state='live']")
+            connects, subscribes = stub.state.connects, len(stub.state.subscribed)
+            stub.forget()
+            wait_until(lambda: stub.state.connects > connects, timeout=8)
+            wait_until(lambda: len(stub.state.subscribed) > subscribes)
+            assert stub.state.subscribed[-1] == KEYS
+            page.wait_for_selector("#connection[data-state='live']")
+            wait_until(lambda: not stub.forgotten)  # the page closed the forgotten socket
+            stub.send([{"key": KEYS[0], "ltp": 4321.5, "version": 10_000}])
+            wait_price(page, KEYS[0], "4321.5")
+        finally:
+            context.close()
+
+
 def test_the_connection_is_replaced_before_api_gateways_two_hour_limit(browser: Any) -> None:
     options = {"maxConnectionMs": 1500, "rotationJitterMs": 0}
     with StubServer(KEYS, options=options).running() as stub:

@@ -67,6 +67,13 @@ class Session {
       return;
     }
     if (!message || typeof message !== "object") return;
+    if (message.type === "error" && message.code === "reconnect") {
+      // The server lost this connection's registration (its cache was reset): nothing will
+      // arrive on this socket again, so open a new one and subscribe afresh.
+      this.feed.onMessage(message);
+      this.close(4001, "server asked to reconnect");
+      return;
+    }
     if (!this.live && message.type !== "error") {
       this.live = true;
       this.schedulePing();
