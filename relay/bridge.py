@@ -228,11 +228,15 @@ class RelayBridge:
                                sizes={k: len(v) for k, v in encoded.items()})
         results = await asyncio.gather(*(self._invoker.invoke(p) for p in payloads),
                                        return_exceptions=True)
-        for result in results:
+        for payload, result in zip(payloads, results, strict=True):
             if isinstance(result, BaseException):
                 self.stats.invoke_errors += 1
                 self.stats.last_error = f"invoke: {type(result).__name__}: {result}"
                 log.error("fan-out invoke failed: %s", result)
+                # Back into the next window (a newer tick of a key replaces it there): a failed
+                # invoke must not lose a subscribed key's newest value. Shards that did get it
+                # drop the repeat by their version claims.
+                self.conflator.extend(payload["updates"])
         posts = expected_posts(window, demand.refs, demand.live)
         self.stats.windows += 1
         self.stats.invocations += len(payloads)

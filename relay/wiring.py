@@ -18,7 +18,7 @@ from core.redis_client import CONTAINER_REDIS_ENV, async_client, check_auth
 from core.runtime import tune_gc
 from core.secrets import SecretsManagerReader
 from relay.bridge import RelayBridge
-from relay.invoke import Invoker, LambdaInvoker
+from relay.invoke import Invoker, LambdaInvoker, lambda_client
 from relay.settings import BridgeSettings
 
 log = logging.getLogger("relay")
@@ -37,9 +37,7 @@ def build_bridge(settings: BridgeSettings, *, invoker: Invoker | None = None,
     if invoker is None:
         if not settings.fanout_function_name:
             raise ConfigError("FANOUT_FUNCTION_NAME must name the fan-out Lambda")
-        import boto3
-
-        invoker = LambdaInvoker(lambda_client=boto3.client("lambda"),
+        invoker = LambdaInvoker(lambda_client=lambda_client(),
                                 function_name=settings.fanout_function_name)
     if secrets_client is None and settings.redis.auth_secret_arn:
         import boto3

@@ -313,6 +313,45 @@ async def test_local_invoker_folds_windows_while_a_shard_is_busy() -> None:
     assert invoker.folded == 1 and invoker.errors == 0
 
 
+async def test_a_failed_invoke_sends_its_updates_in_the_next_window(
+    aredis: aioredis.Redis, redis_client: redis.Redis
+) -> None:
+    one_subscriber(redis_client, "c0", ["NSE_EQ:1", "NSE_EQ:2"])
+
+    class FailingOnce(RecordingInvoker):
+        failed = False
+
+        async def invoke(self, payload: dict[str, Any]) -> None:
+            if payload["updates"] and not self.failed:
+                self.failed = True
+                raise TimeoutError("read timeout")
+            await super().invoke(payload)
+
+    invoker = FailingOnce()
+    bridge = RelayBridge(redis=aredis, invoker=invoker, min_window=10, max_window=10,
+                         housekeeping_seconds=3600)
+    bridge.conflator.extend([update("NSE_EQ:1", 5, 101.0), update("NSE_EQ:2", 5, 201.0)])
+    await bridge.close_window()
+    assert invoker.failed and invoker.updates() == []
+    assert bridge.stats.invoke_errors == 1 and "read timeout" in bridge.stats.last_error
+    # A newer tick of one key arrives meanwhile: it wins; the other key's value is resent.
+    bridge.conflator.add(update("NSE_EQ:1", 6, 102.0))
+    await bridge.close_window()
+    assert sorted((k, v) for _, k, v, _ in invoker.updates()) == [("NSE_EQ:1", 6),
+                                                                   ("NSE_EQ:2", 5)]
+
+
+def test_the_default_lambda_client_has_short_timeouts_and_bounded_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    settings = BridgeSettings.from_env({"FANOUT_FUNCTION_NAME": "fn"})
+    bridge = build_bridge(settings)
+    config = bridge._invoker._client.meta.config  # type: ignore[attr-defined]
+    assert (config.connect_timeout, config.read_timeout) == (2.0, 5.0)
+    assert config.retries["total_max_attempts"] == 2
+
+
 async def test_lambda_invoker_invokes_asynchronously_with_json_payloads() -> None:
     calls: list[dict[str, Any]] = []
 
