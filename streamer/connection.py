@@ -5,7 +5,7 @@ one `failures.classify` function decides every outcome): connect with the creden
 moment, (re)subscribe everything this connection should carry, then read. A session ends with
 a `Failure` (disconnect packet, refused handshake, closed socket, silence, network error); the
 verdict stops the connection (fatal codes: the error goes to the log and the heartbeat),
-re-reads the token (807), or waits a jittered backoff (longer after 805/429) and reconnects.
+re-reads the token (807; after 808/809 once, stopping unless it changed), or waits a jittered backoff (longer after 805/429) and reconnects.
 
 Three tasks per session: the reader (the hot path: each binary frame straight into
 coalescer.add_frame, no logging or awaiting per tick), a sender that reconciles "keys this
@@ -81,6 +81,10 @@ class TokenKeeper:
         self._lock = asyncio.Lock()
         self.generation = 0
         self.refreshes = 0
+
+    @property
+    def current(self) -> Credentials | None:
+        return self._current
 
     async def get(self) -> Credentials:
         if self._current is None:
@@ -159,6 +163,7 @@ class FeedConnection:
         self.failures: dict[str, int] = {}
         self.last_error: str | None = None
         self.fatal_error: str | None = None
+        self._session_credentials: Credentials | None = None
         self.subscribe_messages = 0
         self.largest_message = 0
 
@@ -213,6 +218,8 @@ class FeedConnection:
                     break
                 verdict = classify(failure)
                 self._record(verdict)
+                if verdict.action is Action.RECHECK and not await self._token_changed():
+                    verdict = Verdict(Action.STOP, verdict.failure)
                 if verdict.action is Action.STOP:
                     self.state = State.STOPPED
                     self.fatal_error = verdict.message
@@ -240,6 +247,14 @@ class FeedConnection:
         self.failures[kind] = self.failures.get(kind, 0) + 1
         self.last_error = verdict.message
 
+    async def _token_changed(self) -> bool:
+        """808/809 with the token this session used: re-read it once; only a different token
+        (rotated in the secret, or renewed) is worth another connect."""
+        used = self._session_credentials
+        await self._reauthenticate()
+        current = self._tokens.current
+        return current is not None and used is not None and current != used
+
     async def _reauthenticate(self) -> None:
         try:
             await self._tokens.refresh(self._tokens.generation)
@@ -253,6 +268,7 @@ class FeedConnection:
         self._session_failure = None
         try:
             credentials = await self._tokens.get()
+            self._session_credentials = credentials
         except Exception as exc:
             return Failure(Kind.OTHER, detail=f"credentials unavailable: {exc}"), 0.0
         url = feed_url(self._base_url, credentials)

@@ -1,8 +1,12 @@
 """What to do when a feed connection fails: one pure function, one table.
 
 failure                                        action         why
-disconnect 806 / 808 / 809 / 810               STOP           no data plan, bad auth, bad token
-                                                              or client id: only an operator helps
+disconnect 806 / 810                           STOP           no data plan, bad client id: only an
+                                                              operator helps
+disconnect 808 / 809 (auth failed, bad token)  RECHECK        re-read the token once: a token
+                                                              minted elsewhere (or renewed) kills
+                                                              the old one; reconnect if it changed,
+                                                              else STOP
 disconnect 807 (token expired)                 REAUTH         re-read the token (env / secret)
 handshake HTTP 401 / 403                       REAUTH         the token may have been rotated
 disconnect 805, handshake HTTP 429             BACKOFF_LONG   too many connections or requests
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 class Action(enum.Enum):
     STOP = "stop"
     REAUTH = "reauth"
+    RECHECK = "recheck"  # re-read the token; STOP unless it changed
     BACKOFF_LONG = "backoff_long"
     RETRY = "retry"
 
@@ -52,7 +57,8 @@ REASONS: dict[int, str] = {
     814: "invalid request",
 }
 
-FATAL_CODES = frozenset({806, 808, 809, 810})
+FATAL_CODES = frozenset({806, 810})
+RECHECK_CODES = frozenset({808, 809})
 REAUTH_CODES = frozenset({807})
 SLOW_DOWN_CODES = frozenset({805})
 REAUTH_STATUSES = frozenset({401, 403})
@@ -92,6 +98,8 @@ def classify(failure: Failure) -> Verdict:
     if failure.kind is Kind.DISCONNECT:
         if code in FATAL_CODES:
             action = Action.STOP
+        elif code in RECHECK_CODES:
+            action = Action.RECHECK
         elif code in REAUTH_CODES:
             action = Action.REAUTH
         elif code in SLOW_DOWN_CODES:

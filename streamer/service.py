@@ -10,7 +10,7 @@ Lifecycle:
    stop following the registry, send RequestCode 12 and close every connection, flush what the
    coalescer still holds, write a final "stopped" heartbeat, release the lease.
 
-A connection that got a fatal verdict (806/808/809/810) stays stopped for the life of the
+A connection that got a fatal verdict (806/810; 808/809 when a re-read gave the same token) stays stopped for the life of the
 process, visible in the heartbeat; the others keep streaming.
 """
 

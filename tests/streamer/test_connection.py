@@ -191,16 +191,40 @@ async def test_807_re_reads_the_token_and_reconnects() -> None:
 
 @pytest.mark.parametrize("code", [806, 808, 809, 810])
 async def test_fatal_codes_stop_the_connection_with_the_reason(code: int) -> None:
+    """806/810 stop at once; 808/809 stop once a re-read gave the same token again."""
     async with (
         FeedSimulator(SimConfig(rate=500, seed=8)) as sim,
-        connection(sim.url, keys(2)) as (conn, coalescer, _),
+        connection(sim.url, keys(2)) as (conn, coalescer, tokens),
     ):
         await until(lambda: coalescer.ticks > 2)
+        reads = tokens.refreshes
         await sim.send_disconnect(code)
         await until(lambda: conn.state is State.STOPPED)
         assert conn.fatal_error is not None and str(code) in conn.fatal_error
+        assert conn.fatal_error.endswith("-> stop")
         await asyncio.sleep(0.1)
         assert sim.handshakes == 1  # no reconnect attempt
+        assert tokens.refreshes == reads + (1 if code in (808, 809) else 0)
+
+
+@pytest.mark.parametrize("code", [808, 809])
+async def test_808_809_with_a_token_rotated_meanwhile_reconnect_with_it(code: int) -> None:
+    """A token minted elsewhere kills the old one: the re-read finds the new token in the
+    secret (here the environment), and the connection streams on with it."""
+    env = {"DHAN_CLIENT_ID": CLIENT, "DHAN_ACCESS_TOKEN": "sim-token"}
+    async with (
+        FeedSimulator(SimConfig(rate=500, seed=12)) as sim,
+        connection(sim.url, keys(2), env=env) as (conn, coalescer, tokens),
+    ):
+        await until(lambda: coalescer.ticks > 2)
+        sim.set_token("minted-elsewhere")
+        env["DHAN_ACCESS_TOKEN"] = "minted-elsewhere"
+        await sim.send_disconnect(code)
+        await until(lambda: sim.handshakes == 2 and conn.state is State.CONNECTED)
+        before = coalescer.ticks
+        await until(lambda: coalescer.ticks > before + 5)
+        assert conn.fatal_error is None
+        assert (await tokens.get()).access_token.value == "minted-elsewhere"
 
 
 async def test_bad_credentials_from_the_start_stop_the_connection() -> None:

@@ -9,8 +9,8 @@ from streamer.failures import Action, Failure, Kind, classify
     ("failure", "action"),
     [
         (Failure(Kind.DISCONNECT, 806), Action.STOP),
-        (Failure(Kind.DISCONNECT, 808), Action.STOP),
-        (Failure(Kind.DISCONNECT, 809), Action.STOP),
+        (Failure(Kind.DISCONNECT, 808), Action.RECHECK),
+        (Failure(Kind.DISCONNECT, 809), Action.RECHECK),
         (Failure(Kind.DISCONNECT, 810), Action.STOP),
         (Failure(Kind.DISCONNECT, 807), Action.REAUTH),
         (Failure(Kind.DISCONNECT, 805), Action.BACKOFF_LONG),
@@ -36,7 +36,9 @@ def test_classification_table(failure: Failure, action: Action) -> None:
 
 def test_messages_name_the_reason() -> None:
     verdict = classify(Failure(Kind.DISCONNECT, 809))
-    assert verdict.message == "feed disconnect 809 (access token invalid) -> stop"
+    assert verdict.message == "feed disconnect 809 (access token invalid) -> recheck"
+    assert classify(Failure(Kind.DISCONNECT, 806)).message == (
+        "feed disconnect 806 (data APIs not subscribed) -> stop")
     assert Failure(Kind.HANDSHAKE, 429, "slow down").describe() == (
         "handshake refused with HTTP 429: slow down"
     )
