@@ -10,8 +10,8 @@ Lifecycle:
    stop following the registry, send RequestCode 12 and close every connection, flush what the
    coalescer still holds, write a final "stopped" heartbeat, release the lease.
 
-A connection that got a fatal verdict (806/810; 808/809 when a re-read gave the same token) stays stopped for the life of the
-process, visible in the heartbeat; the others keep streaming.
+A connection that got a fatal verdict (806/810; 808/809 when a re-read gave the same token)
+stays stopped for the life of the process, visible in the heartbeat; the others keep streaming.
 """
 
 from __future__ import annotations
