@@ -5,7 +5,8 @@ one `failures.classify` function decides every outcome): connect with the creden
 moment, (re)subscribe everything this connection should carry, then read. A session ends with
 a `Failure` (disconnect packet, refused handshake, closed socket, silence, network error); the
 verdict stops the connection (fatal codes: the error goes to the log and the heartbeat),
-re-reads the token (807; 808/809 once, stopping unless it changed), or waits a jittered backoff (longer after 805/429) and reconnects.
+re-reads the token (807; 808/809 once, stopping unless it changed), or waits a jittered
+backoff (longer after 805/429) and reconnects.
 
 Three tasks per session: the reader (the hot path: each binary frame straight into
 coalescer.add_frame, no logging or awaiting per tick), a sender that reconciles "keys this
