@@ -228,6 +228,7 @@ def create_cloud(*, stack: Any, template: Mapping[str, Any], moto_url: str, redi
         arn = manager.create_secret(Name=name, SecretString=values[roles[lid]])["ARN"]
         arns[lid] = arn
         secret_values[arn] = manager.get_secret_value(SecretId=arn)["SecretString"]
+    manager.close()
 
     cluster_id = cfn.only(cfn.of_type(template, "AWS::ECS::Cluster"), "ECS cluster")
     task_id = cfn.only(cfn.of_type(template, "AWS::ECS::TaskDefinition"), "task definition")

@@ -130,7 +130,10 @@ def feed(dhan_token: str) -> Iterator[Feed]:
 
 
 @pytest.fixture(scope="module")
-def cloud(deploy_synth: Synth, moto_url: str, auth_redis: TlsRedis, dhan_token: str) -> Cloud:
+def cloud(deploy_synth: Synth, moto_url: str, auth_redis: TlsRedis,
+          dhan_token: str) -> Iterator[Cloud]:
     """Fresh moto resources per module (secrets of the template, the ECS service at 0)."""
-    return create_cloud(stack=deploy_synth.stack, template=deploy_synth.template,
+    made = create_cloud(stack=deploy_synth.stack, template=deploy_synth.template,
                         moto_url=moto_url, redis=auth_redis, dhan_token=dhan_token)
+    yield made
+    made.ecs.close()  # its pooled sockets, else a ResourceWarning lands in a later test
