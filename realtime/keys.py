@@ -55,19 +55,19 @@ def shard(number: int) -> str:
 
 
 def shard_refs(number: int) -> str:
-    return f"ws:shard:{number}:refs"
+    return f"{shard(number)}:refs"
 
 
 def shard_epoch(number: int) -> str:
-    return f"ws:shard:{number}:epoch"
+    return f"{shard(number)}:epoch"
 
 
 def shard_sent(number: int) -> str:
-    return f"ws:shard:{number}:sent"
+    return f"{shard(number)}:sent"
 
 
 def shard_carry(number: int) -> str:
-    return f"ws:shard:{number}:carry"
+    return f"{shard(number)}:carry"
 
 
 def conn(connection_id: str) -> str:
@@ -75,4 +75,4 @@ def conn(connection_id: str) -> str:
 
 
 def conn_keys(connection_id: str) -> str:
-    return f"{CONN_PREFIX}{connection_id}{CONN_KEYS_SUFFIX}"
+    return f"{conn(connection_id)}{CONN_KEYS_SUFFIX}"

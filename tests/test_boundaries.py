@@ -82,8 +82,7 @@ def test_a_forbidden_import_breaks_its_contract(copy_of_tree: Path, case: str) -
     assert broken in result.stdout, result.stdout
 
 
-def _string_constants(path: Path) -> list[tuple[int, str]]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+def _string_constants(tree: ast.AST) -> list[tuple[int, str]]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -101,17 +100,18 @@ def test_no_registry_key_is_named_outside_realtime() -> None:
     offenders = []
     for package in (*PRODUCTION, "local"):
         for path in sorted((ROOT / package).rglob("*.py")):
-            docstrings = _docstring_lines(path)
-            for line, text in _string_constants(path):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            docstrings = _docstring_lines(tree)
+            for line, text in _string_constants(tree):
                 registry_key = text.startswith("ws:") and not text.startswith("ws://")
                 if registry_key and line not in docstrings:
                     offenders.append(f"{path.relative_to(ROOT)}:{line}: {text[:40]!r}")
     assert offenders == []
 
 
-def _docstring_lines(path: Path) -> set[int]:
+def _docstring_lines(tree: ast.AST) -> set[int]:
     lines: set[int] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
             value = body[0].value

@@ -66,11 +66,6 @@ def connect_redis(settings: Settings, *, secrets: SecretsCache | None = None) ->
     return sync_client(settings.redis, secrets=secrets, **extra)
 
 
-def count_connections(redis: Redis, *, now: float | None = None) -> int:
-    """Live WebSocket connections, as the registry counts them."""
-    return live_connections(redis, now=now)
-
-
 class Lazy(Generic[T]):
     """A value built on first use, once, even with concurrent first uses."""
 
@@ -128,7 +123,7 @@ class ApiDeps:
             redis=redis,
             metrics=metrics,
             dhan_sources=SdkSourceCache(base_url=settings.dhan_api_base_url),
-            connection_count=lambda: count_connections(redis),
+            connection_count=lambda: live_connections(redis),
             secrets=secrets,
             streamer_service=service,
         )
