@@ -19,6 +19,20 @@ Project's own:
   instruments:by_symbol         hash: SEGMENT:SYMBOL (NSE_EQ:RELIANCE) -> instrument key
   instruments:meta              hash: where the loaded master came from, when, row count
 
+Viewer demand (written by `realtime`'s scripts, read by the streamer; see streamer.keysource):
+  market_stream:demand          hash: instrument key -> WebSocket connections subscribed to it
+                                (a key leaves the hash when its count reaches 0)
+  market_stream:carried         set: the keys the streamer carries now (TTL, refreshed)
+  market_stream:room            counter: how many more keys viewer demand may add; the
+                                streamer sets it, each subscribe that adds a key the feed does
+                                not carry yet takes one (so concurrent subscribes cannot
+                                together pass the feed's 25,000)
+  market_stream:rejected        set: keys the streamer could not carry (TTL, refreshed)
+  market_stream:registry_mark   set by the streamer; its absence tells it the cache was wiped
+                                or replaced, so it re-writes the streams it was carrying
+A subscribe that adds a key the streamer does not carry yet publishes
+{"type": "demand_changed"} on market_stream:control, so the feed takes it within a second.
+
 The real-time path's keys (`ws:*`: the connection registry, the shard directory, the bridge's
 `ws:latest` and heartbeat) are named and documented in `realtime.keys`, their one owner.
 """
@@ -41,6 +55,16 @@ STREAM_TTL_SECONDS = 3600
 
 STREAMER_LEASE_KEY = "market_stream:lease"
 CONTROL_CHANNEL = "market_stream:control"
+
+DEMAND_KEY = "market_stream:demand"
+CARRIED_KEY = "market_stream:carried"
+ROOM_KEY = "market_stream:room"
+REJECTED_KEY = "market_stream:rejected"
+REGISTRY_MARK_KEY = "market_stream:registry_mark"
+# The carried/room/rejected keys outlive a streamer refresh many times over, and vanish soon
+# after the streamer stops (then nothing is known and a subscribe is admitted).
+CARRIAGE_TTL_SECONDS = 120
+DEMAND_CHANGED = "demand_changed"
 
 DHAN_REST_RATELIMIT_KEY = "dhan:rest:ratelimit"
 # Not under STREAM_PREFIX on purpose: a SCAN of websocket_stream:* must see only streams.

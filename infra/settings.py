@@ -20,7 +20,7 @@ reader casts and validates, and a bad value fails the synth with the context key
 | ltp:streamerMemoryMiB | 1024 | Fargate task memory |
 | ltp:streamerStopTimeoutSeconds | 30 | SIGTERM -> SIGKILL grace of each container |
 | ltp:wsMode | quote | DhanHQ feed mode of the streamer |
-| ltp:streamKeys | "" | keys the streamer always subscribes (comma-separated) |
+| ltp:streamKeys | sample | watchlist always carried: `KEY,KEY`, `sample` (NIFTY 50) or `none` |
 | ltp:lambdaMemoryMiB | 512 | memory of the API, WebSocket and schedule functions |
 | ltp:fanoutMemoryMiB | 1024 | memory of the fan-out function |
 | ltp:fanoutTimeoutSeconds | 10 | fan-out timeout (one window's posts) |
@@ -49,9 +49,11 @@ from typing import Any, TypeVar
 from constructs import Node
 
 from core.config import WS_MODES
-from core.errors import ConfigError
+from core.errors import ConfigError, InvalidKeyError
 
 PREFIX = "ltp:"
+SAMPLE_WATCHLIST = "sample"
+NO_WATCHLIST = "none"
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _T = TypeVar("_T")
 
@@ -71,7 +73,7 @@ class DeploySettings:
     streamer_memory_mib: int = 1024
     streamer_stop_timeout_seconds: int = 30
     ws_mode: str = "quote"
-    stream_keys: str = ""
+    stream_keys: str = "sample"
 
     lambda_memory_mib: int = 512
     fanout_memory_mib: int = 1024
@@ -123,11 +125,17 @@ class DeploySettings:
                 f"context {PREFIX}webPriceClass must be 100, 200 or All, "
                 f"got {self.web_price_class!r}"
             )
+        watchlist(self.stream_keys)  # a typo fails the synth, not the task at 09:00
         if self.nat_gateways < 1:
             # The streamer's feed, DhanHQ REST and every @connections post leave through NAT.
             raise ConfigError(
                 f"context {PREFIX}natGateways must be >= 1: the feed and @connections need egress"
             )
+
+    @property
+    def watchlist_keys(self) -> str:
+        """STREAM_KEYS for the streamer: `streamKeys` with `sample` expanded."""
+        return watchlist(self.stream_keys)
 
     @property
     def start_clock(self) -> tuple[int, int]:
@@ -257,3 +265,23 @@ class _ContextReader:
             raise ValueError(raw)
 
         return self._cast(name, default, cast)
+
+
+def watchlist(value: str) -> str:
+    """The streamer's STREAM_KEYS for a `streamKeys` value: `sample` expands to the shipped
+    sample's keys, `none` is none; anything else must be valid keys (a typo fails the synth,
+    not the task)."""
+    if value.strip().lower() == NO_WATCHLIST:
+        return ""
+    if value.strip().lower() == SAMPLE_WATCHLIST:
+        from core.instrument_master import SAMPLE_PATH, parse_scrip_master
+
+        with SAMPLE_PATH.open(encoding="utf-8") as lines:
+            return ",".join(str(row.key) for row in parse_scrip_master(lines))
+    from core.instruments import parse_key
+
+    try:
+        keys = [str(parse_key(text.strip())) for text in value.split(",") if text.strip()]
+    except InvalidKeyError as exc:
+        raise ConfigError(f"context {PREFIX}streamKeys: {exc}") from exc
+    return ",".join(dict.fromkeys(keys))

@@ -187,7 +187,7 @@ class LtpStack(Stack):
             memory_mib=settings.streamer_memory_mib,
             stop_timeout=Duration.seconds(settings.streamer_stop_timeout_seconds),
             ws_mode=settings.ws_mode,
-            stream_keys=settings.stream_keys,
+            stream_keys=settings.watchlist_keys,
             post_budget_per_second=settings.post_budget_per_second,
             log_retention=retention,
         )

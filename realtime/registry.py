@@ -6,7 +6,8 @@ per shard a ZSET of connection ids scored by expiry, a refcount hash of the keys
 connections want, a `sent` hash (newest version claimed per key for the whole shard), a `carry`
 hash (per connection and key, the update whose post failed) and an epoch counter bumped by
 every change to who wants what; a global ZSET for the connection count and a global refs epoch
-for the bridge.
+for the bridge. The same scripts keep the deployment-wide viewer demand (`core.names`:
+key -> viewers) that the streamer carries, and refuse a key the feed has no room for.
 
 Why versions are claimed per shard, not per connection: every connection of a shard that wants
 a key gets the same window's value of it, so one claim per key and shard says what is new. A
@@ -28,15 +29,17 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from core import names
 from core.messages import dumps
 from core.redis_client import as_text
 from realtime import keys as layout
 from realtime import scripts
 
 DEFAULT_SHARDS = 16
+_WAKE = dumps({"type": names.DEMAND_CHANGED})
 MAX_KEYS_PER_CONNECTION = 1000
 
 
@@ -72,6 +75,7 @@ class SubscribeResult:
     total: int
     reason: str = ""
     unknown_connection: bool = False  # not registered: refused, whatever the keys
+    refused: list[str] = field(default_factory=list)  # keys the feed cannot carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +157,7 @@ class ConnectionRegistry:
         shard = self.shard(connection_id) if shard is None else shard
         keys = [layout.CONNECTIONS, layout.shard(shard), layout.shard_refs(shard),
                 layout.conn(connection_id), layout.conn_keys(connection_id),
-                layout.REFS_EPOCH, layout.shard_epoch(shard)]
+                layout.REFS_EPOCH, layout.shard_epoch(shard), names.DEMAND_KEY]
         return bool(self._remove(keys=keys, args=[connection_id]))
 
     def sweep(self, shard: int, *, now: float | None = None, limit: int = 500) -> int:
@@ -170,13 +174,16 @@ class ConnectionRegistry:
     # --- subscriptions ----------------------------------------------------------------------
 
     def subscribe(self, connection_id: str, keys: Sequence[str]) -> SubscribeResult:
-        """Record keys (at most `max_keys` in all) before any snapshot is read."""
+        """Record keys (at most `max_keys` in all) before any snapshot is read; keys the feed
+        cannot carry are refused (`SubscribeResult.refused`) and not recorded."""
         shard = self.shard(connection_id)
         reply = self._subscribe(
             keys=[layout.conn(connection_id), layout.conn_keys(connection_id),
                   layout.shard_refs(shard), layout.REFS_EPOCH,
-                  layout.shard_epoch(shard)],
-            args=[self.max_keys, self._expire_at(connection_id), *keys],
+                  layout.shard_epoch(shard), names.DEMAND_KEY, names.CARRIED_KEY,
+                  names.ROOM_KEY, names.REJECTED_KEY],
+            args=[self.max_keys, self._expire_at(connection_id), names.CONTROL_CHANNEL,
+                  _WAKE, *keys],
         )
         status, total = int(reply[0]), int(reply[1])
         if status == -1:
@@ -185,13 +192,14 @@ class ConnectionRegistry:
             return SubscribeResult(
                 False, [], total,
                 f"at most {self.max_keys} keys per connection ({total} already subscribed)")
-        return SubscribeResult(True, [as_text(k) for k in reply[2:]], total)
+        return SubscribeResult(True, [as_text(k) for k in reply[2]], total,
+                               refused=[as_text(k) for k in reply[3]])
 
     def unsubscribe(self, connection_id: str, keys: Sequence[str]) -> list[str]:
         shard = self.shard(connection_id)
         reply = self._unsubscribe(
             keys=[layout.conn_keys(connection_id), layout.shard_refs(shard),
-                  layout.REFS_EPOCH, layout.shard_epoch(shard)],
+                  layout.REFS_EPOCH, layout.shard_epoch(shard), names.DEMAND_KEY],
             args=list(keys),
         )
         return [as_text(k) for k in reply]

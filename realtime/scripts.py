@@ -23,35 +23,61 @@ local function newer(a, b)
 end
 """
 
-# KEYS: meta, keys, refs, refs epoch, shard epoch. ARGV: limit, expire_at, key...
-# Returns {status, total, new keys...}: status 0 ok, -1 unknown connection, -2 over the limit.
+# KEYS: meta, keys, refs, refs epoch, shard epoch, demand, carried, room, rejected.
+# ARGV: limit, expire_at, control channel, wake message, key...
+# Returns {status, total, {added...}, {refused...}}: status 0 ok, -1 unknown connection, -2
+# over the limit. A key the feed cannot carry (the streamer rejected it, or it is new to the
+# feed and the room the streamer left for viewer demand is used up) is refused, not recorded.
+# A key new to the feed wakes the streamer (a message on the control channel).
 SUBSCRIBE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, {}, {}} end
 local limit = tonumber(ARGV[1])
 local fresh, seen = {}, {}
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   local key = ARGV[i]
   if not seen[key] and redis.call('HEXISTS', KEYS[2], key) == 0 then fresh[#fresh + 1] = key end
   seen[key] = true
 end
 local total = redis.call('HLEN', KEYS[2])
-if total + #fresh > limit then return {-2, total} end
+if total + #fresh > limit then return {-2, total, {}, {}} end
+local room = redis.call('GET', KEYS[8])
+local added, refused, wake = {}, {}, false
 for _, key in ipairs(fresh) do
-  redis.call('HSET', KEYS[2], key, '0')
-  redis.call('HINCRBY', KEYS[3], key, 1)
+  local ok = redis.call('SISMEMBER', KEYS[9], key) == 0
+  if ok and redis.call('HEXISTS', KEYS[6], key) == 0
+      and redis.call('SISMEMBER', KEYS[7], key) == 0 then
+    if room then
+      if tonumber(room) > 0 then room = redis.call('DECR', KEYS[8]) else ok = false end
+    end
+    wake = wake or ok
+  end
+  if ok then
+    redis.call('HSET', KEYS[2], key, '0')
+    redis.call('HINCRBY', KEYS[3], key, 1)
+    redis.call('HINCRBY', KEYS[6], key, 1)
+    added[#added + 1] = key
+  else
+    refused[#refused + 1] = key
+  end
 end
-if #fresh > 0 then
+if #added > 0 then
   redis.call('INCR', KEYS[4])
   redis.call('INCR', KEYS[5])
 end
+if wake then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 redis.call('EXPIREAT', KEYS[2], ARGV[2])
-local result = {0, total + #fresh}
-for _, key in ipairs(fresh) do result[#result + 1] = key end
-return result
+return {0, total + #added, added, refused}
 """
 
-# KEYS: keys, refs, refs epoch, shard epoch. ARGV: key... Returns the keys actually removed.
-UNSUBSCRIBE = """
+# Drops one viewer of `key` from the deployment-wide demand (gone at 0).
+_DROP_DEMAND = """
+local function drop_demand(demand, key)
+  if redis.call('HINCRBY', demand, key, -1) <= 0 then redis.call('HDEL', demand, key) end
+end
+"""
+
+# KEYS: keys, refs, refs epoch, shard epoch, demand. ARGV: key... Returns the keys removed.
+UNSUBSCRIBE = _DROP_DEMAND + """
 local removed = {}
 for i = 1, #ARGV do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
@@ -59,6 +85,7 @@ for i = 1, #ARGV do
     if redis.call('HINCRBY', KEYS[2], ARGV[i], -1) <= 0 then
       redis.call('HDEL', KEYS[2], ARGV[i])
     end
+    drop_demand(KEYS[5], ARGV[i])
   end
 end
 if #removed > 0 then
@@ -68,12 +95,13 @@ end
 return removed
 """
 
-# KEYS: connections, shard, refs, meta, keys, refs epoch, shard epoch. ARGV: connection id.
-# A carried update of a removed connection is dropped by the next claim (nobody wants it).
-REMOVE = """
+# KEYS: connections, shard, refs, meta, keys, refs epoch, shard epoch, demand. ARGV:
+# connection id. A carried update of a removed connection is dropped by the next claim.
+REMOVE = _DROP_DEMAND + """
 local keys = redis.call('HKEYS', KEYS[5])
 for _, key in ipairs(keys) do
   if redis.call('HINCRBY', KEYS[3], key, -1) <= 0 then redis.call('HDEL', KEYS[3], key) end
+  drop_demand(KEYS[8], key)
 end
 if #keys > 0 then redis.call('INCR', KEYS[6]) end
 redis.call('DEL', KEYS[4], KEYS[5])

@@ -5,10 +5,18 @@ version becomes the connection's floor); `ltp:*` is the streamer's cache, a plai
 readers: a `subscribe` answers with prices (`snapshot_prices`) and the bridge, after a Redis
 reconnect, re-sends what moved while its reader was away (`resync_updates`). The read itself is
 queued on a pipeline (`queue_read`), so the sync handlers and the async bridge share it.
+
+A `ws:latest` entry is only as fresh as its version says: versions are the streamer's
+wall-clock microseconds (`streamer.coalescer`), and the hash as a whole is rewritten every
+window, so one key that stopped ticking could sit in it for the whole session. An entry older
+than the cache TTL (30 s, as `ltp:*`) is never served as the key's price: the snapshot falls
+back to the cache, else reports the key missing. (A version too small to be a time, as a
+hand-written entry has, carries no age and is served.)
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -51,13 +59,28 @@ def read(redis: Any, keys: Sequence[str]) -> dict[str, KeyNow]:
     return parse_read(keys, latest, cached)
 
 
-def snapshot_prices(now: Mapping[str, KeyNow]) -> tuple[dict[str, SnapshotPrice], list[str]]:
-    """A subscribe's answer: the bridge's value (with version) where it has one, else the
-    cache's price; keys with neither are missing."""
+# Versions from 2001 on, in microseconds: anything smaller is no wall-clock time.
+_VERSION_EPOCH_US = 10**15
+
+
+def is_current(update: Mapping[str, Any], *, now: float,
+               max_age: float = layout.LATEST_TTL_SECONDS) -> bool:
+    """False when the update's version, read as its time, is more than `max_age` s old."""
+    version = update.get("version")
+    if not isinstance(version, int) or version < _VERSION_EPOCH_US:
+        return True
+    return now - version / 1e6 <= max_age
+
+
+def snapshot_prices(now: Mapping[str, KeyNow], *, clock: Callable[[], float] = time.time,
+                    ) -> tuple[dict[str, SnapshotPrice], list[str]]:
+    """A subscribe's answer: the bridge's value (with version) where it has a current one,
+    else the cache's price; keys with neither are missing."""
     prices: dict[str, SnapshotPrice] = {}
     missing: list[str] = []
+    at = clock()
     for key, value in now.items():
-        if value.latest is not None:
+        if value.latest is not None and is_current(value.latest, now=at):
             prices[key] = _snapshot_price(value.latest)
         elif value.cached is not None:
             prices[key] = {"ltp": value.cached}

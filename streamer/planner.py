@@ -3,7 +3,8 @@
 DhanHQ allows 5 connections per client id, 5,000 instruments per connection and 100
 instruments per subscribe message. `assign` spreads the desired keys over connection slots so
 that a key stays on its slot while others come and go (a live change never reshuffles what is
-already streaming); keys beyond the total capacity are rejected, never silently dropped.
+already streaming); keys beyond the total capacity, lowest priority first, are rejected (and
+reported), never silently dropped.
 `diff` and `request_messages` turn "what this connection should carry" vs "what it carries"
 into the JSON requests to send, unsubscribes first so freed capacity is usable at once.
 """
@@ -59,16 +60,19 @@ def assign(
     max_connections: int = MAX_CONNECTIONS,
     per_connection: int = MAX_PER_CONNECTION,
 ) -> Assignment:
-    """Place every desired key on a connection slot.
+    """Place the desired keys on connection slots, in priority order (the order given).
 
-    Keys that were already placed keep their slot (they are streaming; moving them would mean an
-    unsubscribe and a gap). New keys, in the order given, fill the lowest slot with room, so a
-    small set uses one connection. What does not fit in `max_connections * per_connection` is
-    rejected; placed keys win over new ones, so "the first 25,000" means the first to arrive.
+    The first `max_connections * per_connection` keys are carried and the rest rejected, so a
+    higher-priority key always wins a place over a lower one, even one already streaming.
+    Carried keys that were already placed keep their slot (they are streaming; moving them
+    would mean an unsubscribe and a gap); new ones fill the lowest slot with room, so a small
+    set uses one connection.
     """
     if max_connections < 1 or per_connection < 1:
         raise ValueError("max_connections and per_connection must be >= 1")
-    ordered = list(dict.fromkeys(desired))
+    everything = list(dict.fromkeys(desired))
+    capacity = max_connections * per_connection
+    ordered, rejected = everything[:capacity], everything[capacity:]
     slots: list[list[InstrumentKey]] = [[] for _ in range(max_connections)]
     placed: set[InstrumentKey] = set()
     before = previous.slot_of if previous is not None else {}
@@ -77,16 +81,12 @@ def assign(
         if slot is not None and slot < max_connections and len(slots[slot]) < per_connection:
             slots[slot].append(key)
             placed.add(key)
-    rejected: list[InstrumentKey] = []
     room = 0
     for key in ordered:
         if key in placed:
             continue
-        while room < max_connections and len(slots[room]) >= per_connection:
-            room += 1
-        if room == max_connections:
-            rejected.append(key)
-            continue
+        while len(slots[room]) >= per_connection:
+            room += 1  # never past the last slot: `ordered` fits the capacity
         slots[room].append(key)
     while slots and not slots[-1]:
         slots.pop()

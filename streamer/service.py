@@ -69,7 +69,8 @@ class Streamer:
                               buffer_max=s.buffer_max)
         self.lease = Lease(redis=redis, owner=s.instance_id, ttl=s.lease_ttl)
         self.keysource = KeySource(redis=redis, on_change=self.apply, static_keys=s.keys,
-                                   refresh=s.keys_refresh)
+                                   refresh=s.keys_refresh, grace=s.demand_grace,
+                                   capacity=s.max_connections * s.per_connection)
         self.heartbeat = Heartbeat(redis=redis, snapshot=self.snapshot,
                                    interval=s.heartbeat_interval,
                                    emit=emf_to_stdout if s.emit_metrics else _discard)

@@ -27,6 +27,7 @@
 | STREAMER_HEARTBEAT_S            | 10                        | heartbeat refresh (TTL 60)       |
 | STREAMER_LEASE_TTL_S            | 15                        | single-writer lease lifetime     |
 | STREAMER_KEYS_REFRESH_S         | 5                         | safety-net re-read of streams    |
+| STREAMER_DEMAND_GRACE_S         | 300                       | keep a key nobody watches        |
 | STREAMER_BUFFER_MAX             | 50000                     | keys kept while Redis is down    |
 | STREAMER_LOG_LEVEL              | INFO                      |                                  |
 | STREAMER_EMF_METRICS            | true                      | CloudWatch EMF line per heartbeat|
@@ -156,6 +157,7 @@ class Settings:
     heartbeat_interval: float = 10.0
     lease_ttl: float = 15.0
     keys_refresh: float = 5.0
+    demand_grace: float = 300.0
     buffer_max: int = 50_000
     log_level: str = "INFO"
     emit_metrics: bool = True
@@ -240,6 +242,7 @@ def load_settings(
         heartbeat_interval=heartbeat,
         lease_ttl=env.number("STREAMER_LEASE_TTL_S", 15, minimum=0.1),
         keys_refresh=env.number("STREAMER_KEYS_REFRESH_S", 5, minimum=0.01),
+        demand_grace=env.number("STREAMER_DEMAND_GRACE_S", 300, minimum=0),
         buffer_max=env.integer("STREAMER_BUFFER_MAX", 50_000, minimum=1),
         log_level=level,
         emit_metrics=env.flag("STREAMER_EMF_METRICS", True),

@@ -5,8 +5,9 @@
 start and an API start can race or repeat without harm.
   start: `start_streams([])` registers nothing and makes sure the streamer runs (desired 1);
          it subscribes to every registered stream plus its own STREAM_KEYS.
-  stop:  `stop_streams(None)` ends every registered stream (the market is closed) and scales
-         the service to 0.
+  stop:  scales the service to 0 and erases nothing: the deployment's watchlist lives in the
+         streamer's STREAM_KEYS, and a named stream ends by itself an hour after the last
+         streamer that refreshed it stopped (its TTL), so it lives until stopped or the close.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 from redis import Redis
 
-from functions.streams import StreamerService, start_streams, stop_streams
+from functions.streams import StreamerService, read_streams, start_streams, stop_streamer
 
 
 class StreamControl(Protocol):
@@ -34,4 +35,5 @@ class RegistryStreamControl:
         return asdict(start_streams([], redis=self._redis, service=self._service))
 
     def stop(self) -> dict[str, Any]:
-        return asdict(stop_streams(None, redis=self._redis, service=self._service))
+        return {"streamer": stop_streamer(self._service),
+                "streams_left": sorted(read_streams(redis=self._redis))}

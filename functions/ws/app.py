@@ -25,6 +25,7 @@ from functions.ws.protocol import (
     ClientAction,
     ProtocolError,
     error_message,
+    not_carried_message,
     parse_client_message,
     pong_message,
     reconnect_message,
@@ -128,45 +129,57 @@ class WsApp:
         connection_id = str(_context(event)["connectionId"])
         body = event.get("body")
         if event.get("isBase64Encoded"):
-            reply = error_message("binary messages are not supported; send JSON text")
+            replies = [error_message("binary messages are not supported; send JSON text")]
         else:
             try:
                 action = parse_client_message(body, max_bytes=self._max_message_bytes,
                                               max_keys=self._registry.max_keys)
             except ProtocolError as exc:
-                reply = error_message(exc.reason, details=exc.details)
+                replies = [error_message(exc.reason, details=exc.details)]
             else:
-                reply = self._apply(connection_id, action)
-        self._send(event, connection_id, reply)
+                replies = self._apply(connection_id, action)
+        for reply in replies:
+            if not self._send(event, connection_id, reply):
+                break
         return OK
 
     # --- actions ----------------------------------------------------------------------------
 
-    def _apply(self, connection_id: str, action: ClientAction) -> dict[str, Any]:
+    def _apply(self, connection_id: str, action: ClientAction) -> list[dict[str, Any]]:
         rid = action.request_id
         if action.action == "ping":
             if not self._registry.known(connection_id):
-                return reconnect_message(request_id=rid)
-            return pong_message(request_id=rid)
+                return [reconnect_message(request_id=rid)]
+            return [pong_message(request_id=rid)]
         if action.action == "unsubscribe":
             removed = self._registry.unsubscribe(connection_id, action.keys)
             total = len(self._registry.keys(connection_id))
-            return subscribed_message("unsubscribe", removed, total, request_id=rid)
+            return [subscribed_message("unsubscribe", removed, total, request_id=rid)]
         result = self._registry.subscribe(connection_id, action.keys)
         if result.unknown_connection:
-            return reconnect_message(request_id=rid)
+            return [reconnect_message(request_id=rid)]
         if not result.ok:
-            return error_message(result.reason, request_id=rid)
-        # The keys are recorded; only now is it safe to read what they cost.
-        prices, missing = snapshot.snapshot_prices(snapshot.read(self._redis, action.keys))
-        versions = {k: int(p["version"]) for k, p in prices.items()
-                    if isinstance(p.get("version"), int)}
-        self._registry.mark_snapshot(connection_id, versions)
-        return snapshot_message(prices, missing, request_id=rid)
+            return [error_message(result.reason, request_id=rid)]
+        replies = []
+        refused = set(result.refused)
+        wanted = [key for key in action.keys if key not in refused]
+        if wanted:
+            # The keys are recorded; only now is it safe to read what they cost.
+            prices, missing = snapshot.snapshot_prices(snapshot.read(self._redis, wanted))
+            versions = {k: int(p["version"]) for k, p in prices.items()
+                        if isinstance(p.get("version"), int)}
+            self._registry.mark_snapshot(connection_id, versions)
+            replies.append(snapshot_message(prices, missing, request_id=rid))
+        if result.refused:
+            replies.append(not_carried_message(result.refused, request_id=rid))
+        return replies
 
-    def _send(self, event: Event, connection_id: str, message: dict[str, Any]) -> None:
+    def _send(self, event: Event, connection_id: str, message: dict[str, Any]) -> bool:
+        """Post one reply; False when the connection is gone (nothing more to send it)."""
         outcome = post(self._management(event), connection_id, dumps(message))
         if outcome is PostOutcome.GONE:
             self._registry.remove(connection_id)
-        elif outcome is not PostOutcome.SENT:
+            return False
+        if outcome is not PostOutcome.SENT:
             log.warning("reply to %s not delivered: %s", connection_id, outcome.value)
+        return True

@@ -30,6 +30,7 @@ ERROR = "error"
 # An `error` with this code means the server no longer knows the connection (the cache was
 # wiped or replaced): the client reconnects and subscribes again; nothing else will recover it.
 RECONNECT = "reconnect"
+NOT_CARRIED = "not_carried"
 UNKNOWN_CONNECTION = ("this connection is not registered (the cache was reset): "
                       "reconnect and subscribe again")
 
@@ -99,6 +100,16 @@ def error_message(reason: str, *, details: dict[str, Any] | None = None,
 
 def reconnect_message(*, request_id: str | None = None) -> dict[str, Any]:
     return error_message(UNKNOWN_CONNECTION, details={"code": RECONNECT}, request_id=request_id)
+
+
+def not_carried_message(keys: list[str], *, request_id: str | None = None) -> dict[str, Any]:
+    """Keys of a subscribe that the feed cannot carry: refused, so the page can say so instead
+    of showing a snapshot that never moves."""
+    shown = ", ".join(keys[:20]) + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
+    return error_message(
+        f"not subscribed: the feed cannot carry {len(keys)} more key(s) now (it is at its "
+        f"capacity of 5 connections x 5,000 instruments): {shown}",
+        details={"code": NOT_CARRIED, "keys": keys}, request_id=request_id)
 
 
 def pong_message(*, request_id: str | None = None) -> dict[str, Any]:

@@ -74,6 +74,30 @@ async def test_a_connection_lost_from_a_wiped_cache_is_told_to_reconnect(
             assert snap["prices"] == {"NSE_EQ:1333": {"ltp": 1613.0}}
 
 
+async def test_keys_the_feed_cannot_carry_get_an_error_naming_them(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The streamer left room for one more viewer key and rejected another: the subscribe
+    answers a snapshot of what it recorded, then an `error` naming the rest (never a silent
+    snapshot-then-nothing), and the refused keys are not recorded."""
+    redis_client.set(names.ltp_key("NSE_EQ:1333"), "1612.35", ex=30)
+    redis_client.set(names.ROOM_KEY, 1)
+    redis_client.sadd(names.REJECTED_KEY, "NSE_EQ:7")
+    async with ws_stack(redis_url) as stack, connect(stack.gateway.ws_url) as ws:
+        snap = await request(ws, {"action": "subscribe", "id": "s",
+                                  "keys": ["NSE_EQ:1333", "NSE_EQ:7", "NSE_EQ:8"]})
+        assert snap["type"] == "snapshot" and snap["id"] == "s"
+        assert snap["prices"] == {"NSE_EQ:1333": {"ltp": 1612.35}} and snap["missing"] == []
+        refused = await recv_json(ws)
+        assert refused["type"] == "error" and refused["code"] == "not_carried", refused
+        assert refused["keys"] == ["NSE_EQ:7", "NSE_EQ:8"] and refused["id"] == "s"
+        assert "NSE_EQ:7, NSE_EQ:8" in refused["reason"]
+        (cid,) = stack.gateway.connections
+        assert stack.registry.keys(cid) == {"NSE_EQ:1333"}
+        only = await request(ws, {"action": "subscribe", "keys": ["NSE_EQ:9"]})
+        assert only["type"] == "error" and only["keys"] == ["NSE_EQ:9"]  # no empty snapshot
+
+
 async def test_ping_pong_and_unsubscribe(redis_url: str, redis_client: redis.Redis) -> None:
     async with ws_stack(redis_url) as stack, connect(stack.gateway.ws_url) as ws:
         assert (await request(ws, {"action": "ping"}))["type"] == "pong"

@@ -47,8 +47,18 @@ def test_command_line_strings_are_cast() -> None:
         ({"ltp:cacheEngine": "memcached"}, "valkey or redis"),
         ({"ltp:wsMode": "depth"}, "ltp:wsMode must be one of"),
         ({"ltp:webPriceClass": "300"}, "ltp:webPriceClass"),
+        ({"ltp:streamKeys": "NSE_EQ:1333,NSE:RELIANCE"}, "ltp:streamKeys: .*NSE:RELIANCE"),
     ],
 )
 def test_a_bad_value_fails_with_its_name(context: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         settings_from(context)
+
+
+def test_the_default_watchlist_is_the_nifty_50_sample() -> None:
+    keys = settings_from({}).watchlist_keys.split(",")
+    assert len(keys) == 52 and keys[:2] == ["IDX_I:13", "IDX_I:25"]
+    assert "NSE_EQ:2885" in keys  # RELIANCE
+    assert settings_from({"ltp:streamKeys": "none"}).watchlist_keys == ""
+    given = settings_from({"ltp:streamKeys": " NSE_EQ:1333, IDX_I:13,NSE_EQ:1333"})
+    assert given.watchlist_keys == "NSE_EQ:1333,IDX_I:13"

@@ -13,7 +13,16 @@ from redis.backoff import NoBackoff
 
 from core.backoff import Backoff
 from core.instruments import InstrumentKey
-from core.names import CONTROL_CHANNEL, INSTRUMENT_SYMBOLS_KEY, stream_key
+from core.names import (
+    CARRIAGE_TTL_SECONDS,
+    CARRIED_KEY,
+    CONTROL_CHANNEL,
+    DEMAND_KEY,
+    INSTRUMENT_SYMBOLS_KEY,
+    REJECTED_KEY,
+    ROOM_KEY,
+    stream_key,
+)
 from streamer.keysource import DesiredKeys, KeySource
 from tests.streamer.support import CuttableProxy, cancel_and_wait
 
@@ -154,3 +163,92 @@ async def test_a_stream_name_that_is_not_utf8_is_still_read(
     assert desired.keys == (K("NSE_EQ", "9"),)
     assert desired.symbols == {"NSE_EQ:9": "NINE"}
     assert "'websocket_stream:ok\ufffd'" in caplog.text
+
+
+def demand_for(client: redis.Redis, counts: dict[str, int]) -> None:
+    client.delete(DEMAND_KEY)
+    if counts:
+        client.hset(DEMAND_KEY, mapping=counts)
+
+
+async def test_priority_is_configured_then_streams_then_demand_by_viewers(
+    aredis: aioredis.Redis, redis_client: redis.Redis
+) -> None:
+    register(redis_client, "s", ["NSE_EQ:20", "NSE_EQ:21"])
+    demand_for(redis_client, {"NSE_EQ:30": 1, "NSE_EQ:31": 7, "NSE_EQ:21": 3, "NSE_EQ:1": 2,
+                              "NSE_EQ:x": 4, "NSE_EQ:32": 7})
+    source = KeySource(redis=aredis, on_change=lambda _: None, static_keys=[K("NSE_EQ", "1")],
+                       capacity=5)
+    desired = await source.read()
+    assert [str(k) for k in desired.keys] == ["NSE_EQ:1", "NSE_EQ:20", "NSE_EQ:21",
+                                              "NSE_EQ:31", "NSE_EQ:32", "NSE_EQ:30"]
+    assert desired.demand == 5 and desired.streams == 1
+    assert source.invalid == 1  # the unparsable demand entry, skipped
+    await source.publish(desired)
+    carried = {m.decode() for m in redis_client.smembers(CARRIED_KEY)}
+    assert carried == {"NSE_EQ:1", "NSE_EQ:20", "NSE_EQ:21", "NSE_EQ:31", "NSE_EQ:32"}
+    assert redis_client.smembers(REJECTED_KEY) == {b"NSE_EQ:30"}
+    assert redis_client.get(ROOM_KEY) == b"0"
+    assert 0 < redis_client.ttl(CARRIED_KEY) <= CARRIAGE_TTL_SECONDS
+
+
+async def test_a_key_nobody_watches_lingers_for_the_grace_then_goes(
+    aredis: aioredis.Redis, redis_client: redis.Redis
+) -> None:
+    clock = [1000.0]
+    source = KeySource(redis=aredis, on_change=lambda _: None, grace=60, capacity=10,
+                       clock=lambda: clock[0])
+    demand_for(redis_client, {"NSE_EQ:1": 1, "NSE_EQ:2": 1})
+    await source.read()
+    demand_for(redis_client, {"NSE_EQ:2": 1})  # a page reload: its viewer left
+    clock[0] += 1
+    desired = await source.read()
+    assert set(desired.keys) == {K("NSE_EQ", "1"), K("NSE_EQ", "2")}
+    assert desired.lingering == {K("NSE_EQ", "1")}
+    await source.publish(desired)
+    assert redis_client.get(ROOM_KEY) == b"9"  # a lingering key gives way to new demand
+    clock[0] += 30
+    demand_for(redis_client, {"NSE_EQ:2": 1, "NSE_EQ:1": 1})  # ... and came back in time
+    assert (await source.read()).lingering == frozenset()
+    demand_for(redis_client, {"NSE_EQ:2": 1})
+    await source.read()
+    clock[0] += 59
+    assert K("NSE_EQ", "1") in (await source.read()).keys
+    clock[0] += 2
+    assert (await source.read()).keys == (K("NSE_EQ", "2"),)
+
+
+async def test_a_stopped_streams_keys_go_at_once_and_running_streams_are_kept_alive(
+    aredis: aioredis.Redis, redis_client: redis.Redis
+) -> None:
+    source = KeySource(redis=aredis, on_change=lambda _: None, grace=600)
+    register(redis_client, "s", ["NSE_EQ:1"])
+    redis_client.expire(stream_key("s"), 5)
+    assert (await source.read()).keys == (K("NSE_EQ", "1"),)
+    assert redis_client.ttl(stream_key("s")) > 3000  # a running streamer refreshes it
+    redis_client.delete(stream_key("s"))
+    assert (await source.read()).keys == ()
+
+
+async def test_a_wiped_cache_gets_its_streams_back(
+    aredis: aioredis.Redis, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = KeySource(redis=aredis, on_change=lambda _: None, grace=600, capacity=10)
+    register(redis_client, "s", ["NSE_EQ:1", "NSE_EQ:2"])
+    demand_for(redis_client, {"NSE_EQ:3": 1})
+    await source.publish(await source.read())
+    record = redis_client.get(stream_key("s"))
+    redis_client.delete(stream_key("s"))  # gone without the cache being wiped: stays gone
+    assert K("NSE_EQ", "1") not in (await source.read()).keys
+    register(redis_client, "s", ["NSE_EQ:1", "NSE_EQ:2"])
+    await source.publish(await source.read())
+    redis_client.flushdb()
+    with caplog.at_level(logging.WARNING, logger="streamer.keysource"):
+        desired = await source.read()
+    assert source.wipes == 1 and "restoring 1 streams" in caplog.text
+    assert redis_client.get(stream_key("s")) == record
+    assert 0 < redis_client.ttl(stream_key("s")) <= 3600
+    # The viewers' keys are kept while their pages reconnect and subscribe again.
+    assert [str(k) for k in desired.keys] == ["NSE_EQ:1", "NSE_EQ:2", "NSE_EQ:3"]
+    await source.publish(desired)
+    assert redis_client.scard(CARRIED_KEY) == 3

@@ -68,12 +68,12 @@ def test_a_key_keeps_its_connection_when_others_come_and_go() -> None:
     assert [second.slot_of[k] for k in keys(3, start=100)] == [0, 0, 2]
 
 
-def test_previous_keys_win_over_new_ones_when_full() -> None:
+def test_priority_order_wins_when_full_even_over_streaming_keys() -> None:
     first = assign(keys(4), max_connections=1, per_connection=4)
     second = assign(keys(2, start=50) + keys(4), previous=first, max_connections=1,
                     per_connection=4)
-    assert set(second.slots[0]) == set(keys(4))
-    assert second.rejected == tuple(keys(2, start=50))
+    assert set(second.slots[0]) == set(keys(2, start=50) + keys(2))
+    assert second.rejected == tuple(keys(2, start=3))
 
 
 @settings(max_examples=60, deadline=None)

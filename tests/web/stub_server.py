@@ -214,6 +214,16 @@ class StubServer:
 
         self.call(_forget())
 
+    def stall(self) -> None:
+        """Keep the open sockets open and answering pings, but send them no update again (the
+        relay behind a healthy-looking socket stopped)."""
+
+        async def _stall() -> None:
+            for ws in self.clients:
+                self.subscriptions[ws] = set()
+
+        self.call(_stall())
+
     def restore(self) -> None:
         self.state.ws_open = True
 

@@ -171,6 +171,44 @@ def test_a_socket_the_server_forgot_reconnects_and_subscribes_again(browser: Any
             context.close()
 
 
+def test_a_socket_silent_in_market_hours_polls_and_reconnects(browser: Any) -> None:
+    """Pings still answered, yet nothing else arrives: the page does not stay "live" while
+    frozen; after `silenceMs` (market hours forced on) it polls and opens a new socket."""
+    options = {"silenceMs": 1200, "marketHours": "always", "pingIntervalMs": 200}
+    with StubServer(KEYS, options=options).running() as stub:
+        context = browser.new_context()
+        page = context.new_page()
+        try:
+            page.goto(stub.url + "/")
+            page.wait_for_selector("#connection[data-state='live']")
+            connects, subscribes = stub.state.connects, len(stub.state.subscribed)
+            polls = page.evaluate("window.screener.counters.polls")
+            stub.stall()
+            wait_until(lambda: stub.state.connects > connects, timeout=8)
+            wait_until(lambda: len(stub.state.subscribed) > subscribes)
+            wait_until(lambda: page.evaluate("window.screener.counters.polls") > polls)
+            page.wait_for_selector("#connection[data-state='live']")
+            stub.send([{"key": KEYS[1], "ltp": 4321.5, "version": 10_000}])
+            wait_price(page, KEYS[1], "4321.5")
+        finally:
+            context.close()
+
+
+def test_silence_outside_market_hours_is_not_a_fault(browser: Any) -> None:
+    options = {"silenceMs": 300, "marketHours": "never", "pingIntervalMs": 200}
+    with StubServer(KEYS, options=options, tick_every=3600).running() as stub:
+        context = browser.new_context()
+        page = context.new_page()
+        try:
+            page.goto(stub.url + "/")
+            page.wait_for_selector("#connection[data-state='live']")
+            pings = stub.state.pings
+            wait_until(lambda: stub.state.pings >= pings + 8, timeout=8)  # well past silenceMs
+            assert stub.state.connects == 1 and status(page) == "live"
+        finally:
+            context.close()
+
+
 def test_the_connection_is_replaced_before_api_gateways_two_hour_limit(browser: Any) -> None:
     options = {"maxConnectionMs": 1500, "rotationJitterMs": 0}
     with StubServer(KEYS, options=options).running() as stub:

@@ -8,6 +8,9 @@
 //   gets no answer in time means the socket is dead even if the browser still thinks it is open;
 // - reconnects back off exponentially with jitter, so a fleet of pages does not stampede the
 //   500-new-connections-per-second account limit after an outage.
+// A socket can also look healthy and carry nothing (the server side lost track of it, or the
+// relay stalled): during market hours, a live socket silent for `silenceMs` is dropped, which
+// starts the poller and a fresh connection with a fresh subscription.
 
 export const DEFAULTS = Object.freeze({
   pollIntervalMs: 1500,
@@ -20,7 +23,19 @@ export const DEFAULTS = Object.freeze({
   reconnectMaxMs: 15 * 1000,
   healthyAfterMs: 10 * 1000,
   subscribeChunk: 500,
+  silenceMs: 60 * 1000,
+  marketHours: "nse", // "nse": Mon-Fri 09:15-15:30 IST (holidays not known here); "always"; "never"
 });
+
+/** Whether a silent socket is suspicious at `date`: the market is open, so prices move. */
+export function marketOpenAt(date, hours = "nse") {
+  if (hours === "always") return true;
+  if (hours !== "nse") return false;
+  const ist = new Date(date.getTime() + (5 * 60 + 30) * 60 * 1000);
+  const day = ist.getUTCDay();
+  const minute = ist.getUTCHours() * 60 + ist.getUTCMinutes();
+  return day >= 1 && day <= 5 && minute >= 9 * 60 + 15 && minute < 15 * 60 + 30;
+}
 
 /** Exponential backoff with "equal jitter": never zero (no hot loop), never in lockstep. */
 export function backoffDelay(attempt, baseMs, maxMs, random = Math.random) {
@@ -34,8 +49,10 @@ class Session {
     this.live = false;
     this.closed = false;
     this.lastMessageAt = Date.now();
+    this.lastDataAt = Date.now(); // prices (snapshot, updates): a pong proves nothing of them
     this.pingTimer = null;
     this.pongTimer = null;
+    this.watchdog = null;
     this.ws = new WebSocket(url);
     this.ws.onopen = () => this.onOpen();
     this.ws.onmessage = (event) => this.onMessage(event);
@@ -67,6 +84,7 @@ class Session {
       return;
     }
     if (!message || typeof message !== "object") return;
+    if (message.type !== "pong" && message.type !== "error") this.lastDataAt = Date.now();
     if (message.type === "error" && message.code === "reconnect") {
       // The server lost this connection's registration (its cache was reset): nothing will
       // arrive on this socket again, so open a new one and subscribe afresh.
@@ -99,6 +117,14 @@ class Session {
   schedulePing() {
     clearInterval(this.pingTimer);
     this.pingTimer = setInterval(() => this.ping(), this.feed.options.pingIntervalMs);
+    const { silenceMs, marketHours } = this.feed.options;
+    clearInterval(this.watchdog);
+    this.watchdog = setInterval(() => {
+      const quiet = Date.now() - this.lastDataAt;
+      if (quiet > silenceMs && marketOpenAt(new Date(), marketHours)) {
+        this.close(4002, `nothing for ${Math.round(quiet / 1000)} s in market hours`);
+      }
+    }, Math.max(250, Math.min(5000, silenceMs / 4)));
   }
 
   close(code = 1000, reason = "") {
@@ -116,6 +142,7 @@ class Session {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.pingTimer);
+    clearInterval(this.watchdog);
     clearTimeout(this.pongTimer);
     this.ws.onopen = this.ws.onmessage = this.ws.onclose = null;
     this.feed.sessionEnded(this, reason);
