@@ -23,6 +23,8 @@ any repr or log line); in AWS they are named by an ARN and resolved by `function
 | WEBSOCKET_CALLBACK_URL | "" | the `@connections` endpoint of the WebSocket API |
 | SECRETS_CACHE_SECONDS | 300 | how long a resolved secret is reused |
 | HEARTBEAT_STALE_SECONDS | 45 | heartbeat age beyond which the stream is "stale" |
+| HEALTH_TICK_STALE_SECONDS | 30 | newest tick older than this in market hours: "degraded" |
+| HEALTH_BRIDGE_STALE_SECONDS | 45 | relay bridge heartbeat older than this (or none): "degraded" |
 | POWERTOOLS_METRICS_NAMESPACE | LtpStream | CloudWatch namespace of the EMF metrics |
 """
 
@@ -75,6 +77,8 @@ class Settings:
 
     secrets_cache_seconds: float = 300.0
     heartbeat_stale_seconds: float = 45.0
+    health_tick_stale_seconds: float = 30.0
+    health_bridge_stale_seconds: float = 45.0
     metrics_namespace: str = "LtpStream"
 
     @classmethod
@@ -107,6 +111,10 @@ class Settings:
             websocket_callback_url=env.text("WEBSOCKET_CALLBACK_URL"),
             secrets_cache_seconds=env.number("SECRETS_CACHE_SECONDS", 300.0, minimum=0.0),
             heartbeat_stale_seconds=env.number("HEARTBEAT_STALE_SECONDS", 45.0, minimum=1.0),
+            health_tick_stale_seconds=env.number("HEALTH_TICK_STALE_SECONDS", 30.0, minimum=1.0),
+            health_bridge_stale_seconds=env.number(
+                "HEALTH_BRIDGE_STALE_SECONDS", 45.0, minimum=1.0
+            ),
             metrics_namespace=env.text("POWERTOOLS_METRICS_NAMESPACE", "LtpStream"),
         )
         if bool(settings.streamer_cluster) != bool(settings.streamer_service):

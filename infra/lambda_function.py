@@ -12,6 +12,7 @@ from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 RUNTIME = lambda_.Runtime.PYTHON_3_12
@@ -36,6 +37,7 @@ class PythonFunction(Construct):
         reserved_concurrency: int | None = None,
         async_retry_attempts: int | None = None,
         max_event_age: Duration | None = None,
+        dead_letter_queue: sqs.IQueue | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.log_group = logs.LogGroup(
@@ -59,4 +61,5 @@ class PythonFunction(Construct):
             reserved_concurrent_executions=reserved_concurrency,
             retry_attempts=async_retry_attempts,
             max_event_age=max_event_age,
+            dead_letter_queue=dead_letter_queue,
         )

@@ -1,10 +1,21 @@
 """Alarms, a dashboard and (optionally) a monthly cost budget, all notifying one SNS topic.
 
-The stale-heartbeat alarm needs the streamer's own metric: each heartbeat it writes to Redis it
-also prints one EMF line, namespace `LtpStream`, dimension `service=streamer`, metric
-`Heartbeats` (Count, 1 per beat). The alarm fires when ECS says the task is running but no
-heartbeat arrived for three minutes: a hung process or a crash loop. When the service is
-scaled to 0 (nights, weekends, holidays) there is nothing to alarm on.
+The task's own metrics are EMF lines on stdout, namespace `LtpStream`:
+  streamer (dimension `service=streamer`), one line per heartbeat written to Redis (10 s):
+    `Heartbeats` (Count, 1), `Ticks`, `LastTickAgeSeconds` (whenever a tick was seen) and
+    `MarketTickAgeSeconds` (only while the market is open and keys are subscribed)
+  relay bridge (dimension `service=relay`): `BridgeHeartbeats` (Count, 1 per ~10 s heartbeat)
+
+Alarms on them, each quiet when the service is scaled to 0 (nights, weekends, holidays):
+  StaleHeartbeat  ECS says the task runs but no streamer heartbeat for 3 minutes: a hung
+                  process or a crash loop.
+  MarketTickAge   the newest tick older than 60 s in 3 consecutive minutes while the market is
+                  open: the feed is down, mute or refusing us (806/810), or every connection
+                  is backing off. The metric is absent outside market hours, so missing data
+                  is not breaching.
+  BridgeHeartbeat the streamer beats (its `Heartbeats` are there) but no bridge heartbeat for
+                  3 minutes: prices reach Redis and no browser. With the task stopped neither
+                  metric exists and the expression is 0.
 """
 
 from __future__ import annotations
@@ -27,8 +38,14 @@ from infra.streamer_service import METRICS_NAMESPACE
 
 HEARTBEAT_METRIC = "Heartbeats"
 LAST_TICK_AGE_METRIC = "LastTickAgeSeconds"
+MARKET_TICK_AGE_METRIC = "MarketTickAgeSeconds"
 TICKS_METRIC = "Ticks"
+BRIDGE_HEARTBEAT_METRIC = "BridgeHeartbeats"
 STREAMER_DIMENSIONS = {"service": "streamer"}
+RELAY_DIMENSIONS = {"service": "relay"}
+# Ticks arrive every second or so for any liquid key in the session; a minute without one
+# (three minutes running) is an outage, not a quiet instrument.
+MARKET_TICK_AGE_LIMIT_SECONDS = 60
 ONE_MINUTE = Duration.minutes(1)
 FIVE_MINUTES = Duration.minutes(5)
 
@@ -50,7 +67,10 @@ class Monitoring(Construct):
         cache_cluster_id: str,
         alarm_email: str,
         monthly_budget_usd: float,
+        extra_alarms: Sequence[cloudwatch.Alarm] = (),
     ) -> None:
+        """`extra_alarms`: alarms other constructs own (e.g. the fan-out's failed events);
+        they notify the same topic and show on the dashboard."""
         super().__init__(scope, construct_id)
         self.topic = sns.Topic(self, "Alarms", display_name="LTP alarms", enforce_ssl=True)
         if alarm_email:
@@ -78,6 +98,26 @@ class Monitoring(Construct):
             expression="IF(running > 0 AND FILL(beats, 0) < 1, 1, 0)",
             using_metrics={"running": running_tasks, "beats": heartbeats},
             label="streamer running without heartbeat",
+            period=ONE_MINUTE,
+        )
+        market_tick_age = cloudwatch.Metric(
+            namespace=METRICS_NAMESPACE,
+            metric_name=MARKET_TICK_AGE_METRIC,
+            dimensions_map=STREAMER_DIMENSIONS,
+            statistic="Maximum",
+            period=ONE_MINUTE,
+        )
+        bridge_heartbeats = cloudwatch.Metric(
+            namespace=METRICS_NAMESPACE,
+            metric_name=BRIDGE_HEARTBEAT_METRIC,
+            dimensions_map=RELAY_DIMENSIONS,
+            statistic="Sum",
+            period=ONE_MINUTE,
+        )
+        bridge_silent = cloudwatch.MathExpression(
+            expression="IF(FILL(beats, 0) > 0 AND FILL(bridge, 0) < 1, 1, 0)",
+            using_metrics={"beats": heartbeats, "bridge": bridge_heartbeats},
+            label="streamer beating without bridge heartbeat",
             period=ONE_MINUTE,
         )
         api_5xx = http_api.metric_server_error(period=FIVE_MINUTES, statistic="Sum")
@@ -125,6 +165,16 @@ class Monitoring(Construct):
             "StaleHeartbeat", stale, threshold=1, periods=3,
             description="The streamer task runs but wrote no heartbeat for 3 minutes.",
         )
+        self.market_tick_age = alarm(
+            "MarketTickAge", market_tick_age, threshold=MARKET_TICK_AGE_LIMIT_SECONDS, periods=3,
+            description="In market hours the newest tick was over a minute old for 3 minutes: "
+            "the feed is down or refusing us (see the streamer's heartbeat errors).",
+        )
+        self.bridge_heartbeat = alarm(
+            "BridgeHeartbeat", bridge_silent, threshold=1, periods=3,
+            description="The streamer runs but the relay bridge wrote no heartbeat for "
+            "3 minutes: prices reach Redis but no browser.",
+        )
         self.fanout_errors = alarm(
             "FanoutErrors",
             fanout.metric_errors(period=FIVE_MINUTES, statistic="Sum"),
@@ -157,6 +207,8 @@ class Monitoring(Construct):
         )
         self.alarms = [
             self.stale_heartbeat,
+            self.market_tick_age,
+            self.bridge_heartbeat,
             self.fanout_errors,
             self.fanout_throttles,
             self.api_5xx,
@@ -164,6 +216,10 @@ class Monitoring(Construct):
             self.schedule_errors,
             self.cache_memory,
         ]
+        for extra in extra_alarms:
+            extra.add_alarm_action(action)
+            extra.add_ok_action(action)
+            self.alarms.append(extra)
 
         def ws_metric(name: str) -> cloudwatch.Metric:
             return cloudwatch.Metric(
@@ -193,8 +249,9 @@ class Monitoring(Construct):
                 left=[heartbeats, running_tasks], right=[streamer_metric(TICKS_METRIC, "Sum")],
             ),
             cloudwatch.GraphWidget(
-                title="Last tick age (s)", width=8,
-                left=[streamer_metric(LAST_TICK_AGE_METRIC, "Maximum")],
+                title="Tick age (s), bridge heartbeats", width=8,
+                left=[streamer_metric(LAST_TICK_AGE_METRIC, "Maximum"), market_tick_age],
+                right=[bridge_heartbeats],
             ),
             cloudwatch.GraphWidget(
                 title="Cache", width=8,

@@ -19,6 +19,7 @@ from constructs import IConstruct
 from infra.cache import Cache
 from infra.fanout import Fanout
 from infra.http_api import HttpApi
+from infra.instruments import InstrumentMaster
 from infra.schedule import MarketSchedule
 from infra.settings import DeploySettings
 from infra.streamer_service import StreamerService
@@ -51,6 +52,7 @@ class NaggedStack(Protocol):
     web: WebHosting
     http: HttpApi
     schedule: MarketSchedule
+    instruments: InstrumentMaster
 
 LAMBDA_BASIC_ROLE = (
     "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
@@ -107,6 +109,7 @@ def acknowledge_findings(stack: NaggedStack) -> None:
         *stack.websocket.functions,
         stack.fanout.handler,
         stack.schedule.handler,
+        stack.instruments.handler,
     ]
     for handler in functions:
         acknowledge(handler, LAMBDA_BASIC_ROLE, BASIC_ROLE_REASON)
@@ -202,15 +205,21 @@ def acknowledge_findings(stack: NaggedStack) -> None:
             "the connection id, which exists only at run time.",
         )
 
-    # EventBridge Scheduler's target role (a stack-level singleton made by aws-cdk-lib).
-    schedule_function = stack.schedule.function.node.default_child
+    # EventBridge Scheduler's target roles (stack-level, one per target function, made by
+    # aws-cdk-lib); each role's policy names its own function only, so acknowledging both
+    # patterns on every role widens none of them.
+    scheduled = (
+        ("market-hours", stack.schedule.function.node.default_child),
+        ("instrument-master", stack.instruments.function.node.default_child),
+    )
     for role in _stack_children(stack, "SchedulerRoleForTarget"):
-        acknowledge(
-            role,
-            _iam5(f"{_arn(stack, schedule_function)}:*"),
-            "The scheduler may invoke the market-hours function (any version of it) and "
-            "nothing else; the ':*' suffix is added by aws-cdk-lib's LambdaInvoke target.",
-        )
+        for what, target in scheduled:
+            acknowledge(
+                role,
+                _iam5(f"{_arn(stack, target)}:*"),
+                f"The scheduler may invoke the {what} function (any version of it) and "
+                "nothing else; the ':*' suffix is added by aws-cdk-lib's LambdaInvoke target.",
+            )
 
     # Web hosting.
     distribution = stack.web.distribution

@@ -33,6 +33,7 @@ reader casts and validates, and a bad value fails the synth with the context key
 | ltp:wsThrottleRate / ltp:wsThrottleBurst | 500 / 1000 | WebSocket API stage throttle |
 | ltp:scheduleEnabled | true | create the market-hours schedules |
 | ltp:scheduleStart / ltp:scheduleStop | 09:00 / 15:45 | IST, Monday-Friday |
+| ltp:instrumentsLoadAt | 08:30 | IST, Monday-Friday: load Dhan's scrip master into Redis |
 | ltp:alarmEmail | "" | e-mail subscribed to the alarm topic |
 | ltp:monthlyBudgetUsd | 0 | AWS Budgets monthly cost budget; 0 = none |
 | ltp:logRetentionDays | 30 | CloudWatch Logs retention |
@@ -92,6 +93,7 @@ class DeploySettings:
     schedule_enabled: bool = True
     schedule_start: str = "09:00"
     schedule_stop: str = "15:45"
+    instruments_load_at: str = "08:30"
 
     alarm_email: str = ""
     monthly_budget_usd: float = 0.0
@@ -101,7 +103,8 @@ class DeploySettings:
     def __post_init__(self) -> None:
         # Messages name the context keys: that is where a deployer sets these values.
         for key, value in (("scheduleStart", self.schedule_start),
-                           ("scheduleStop", self.schedule_stop)):  # fmt: skip
+                           ("scheduleStop", self.schedule_stop),
+                           ("instrumentsLoadAt", self.instruments_load_at)):  # fmt: skip
             if not _CLOCK.match(value):
                 raise ConfigError(f"context {PREFIX}{key} must be HH:MM (24 h), got {value!r}")
         if self.schedule_stop <= self.schedule_start:
@@ -144,6 +147,10 @@ class DeploySettings:
     @property
     def stop_clock(self) -> tuple[int, int]:
         return _split_clock(self.schedule_stop)
+
+    @property
+    def instruments_load_clock(self) -> tuple[int, int]:
+        return _split_clock(self.instruments_load_at)
 
     @classmethod
     def from_context(cls, node: Node) -> DeploySettings:
@@ -199,6 +206,7 @@ class DeploySettings:
             schedule_enabled=read.flag("scheduleEnabled", defaults.schedule_enabled),
             schedule_start=read.text("scheduleStart", defaults.schedule_start),
             schedule_stop=read.text("scheduleStop", defaults.schedule_stop),
+            instruments_load_at=read.text("instrumentsLoadAt", defaults.instruments_load_at),
             alarm_email=read.text("alarmEmail", defaults.alarm_email),
             monthly_budget_usd=read.number(
                 "monthlyBudgetUsd", defaults.monthly_budget_usd, minimum=0.0

@@ -35,6 +35,7 @@ from infra.bundling import REPO_ROOT, default_plan, lambda_code
 from infra.cache import Cache
 from infra.fanout import Fanout
 from infra.http_api import HttpApi
+from infra.instruments import InstrumentMaster
 from infra.monitoring import Monitoring
 from infra.nag import acknowledge_findings
 from infra.network import Network
@@ -230,6 +231,16 @@ class LtpStack(Stack):
             enabled=settings.schedule_enabled,
             **function_network,
         )
+        # Loads the scrip master on weekdays and once per deploy, after the cache exists.
+        self.instruments = InstrumentMaster(
+            self,
+            "Instruments",
+            code=code,
+            environment=base_env,
+            load_at=settings.instruments_load_clock,
+            run_after=[self.cache],
+            **function_network,
+        )
 
         self._grant()
         self.site_deployment = self.web.deploy_site(
@@ -254,6 +265,7 @@ class LtpStack(Stack):
             cache_cluster_id=f"{self.cache.replication_group.ref}-001",
             alarm_email=settings.alarm_email,
             monthly_budget_usd=settings.monthly_budget_usd,
+            extra_alarms=[self.fanout.failures_alarm, self.instruments.errors_alarm],
         )
         self._outputs()
         acknowledge_findings(self)
@@ -268,6 +280,7 @@ class LtpStack(Stack):
             self.websocket.message.function,
             self.fanout.function,
             self.schedule.function,
+            self.instruments.function,
         ]
 
     def _grant(self) -> None:

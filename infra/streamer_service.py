@@ -7,6 +7,13 @@ write at once (the Redis lease guards that too). Each container gets SIGTERM and
 
 The process does not stop itself after the close here (`STREAMER_AUTO_STOP=false`): with a
 desired count of 1 ECS would just start it again; the stop schedule and the API own stopping.
+
+Container health checks (`core.liveness`): the streamer touches `/tmp/streamer.alive` after
+every heartbeat attempt (10 s), the bridge `/tmp/relay.alive` at each of its heartbeats (10 s);
+ECS runs `python -m core.liveness FILE 90` every 30 s and, after 3 failures past a 60 s start
+period, marks the container unhealthy; both are essential, so the service replaces the task.
+The file says the loop turns, not that Redis or the feed is up (the health route and the
+alarms report those): a task cannot heal a dependency by restarting.
 """
 
 from __future__ import annotations
@@ -21,9 +28,31 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from core import liveness
+
 METRICS_NAMESPACE = "LtpStream"
 STREAMER_COMMAND = ["python", "-m", "streamer"]
 BRIDGE_COMMAND = ["python", "-m", "relay"]
+# The containers' default LIVENESS_FILE (the template does not set it); the check's command
+# runs in the image, which has core/ (streamer/Dockerfile).
+STREAMER_LIVENESS_FILE = liveness.STREAMER_LIVENESS_FILE
+BRIDGE_LIVENESS_FILE = liveness.RELAY_LIVENESS_FILE
+LIVENESS_MAX_AGE_SECONDS = int(liveness.DEFAULT_MAX_AGE_SECONDS)
+
+
+def liveness_command(path: str, max_age: int = LIVENESS_MAX_AGE_SECONDS) -> list[str]:
+    """The health check's command: exit 1 when `path` is missing or older than `max_age` s."""
+    return ["CMD", "python", "-m", "core.liveness", path, str(max_age)]
+
+
+def liveness_check(path: str) -> ecs.HealthCheck:
+    return ecs.HealthCheck(
+        command=liveness_command(path),
+        interval=Duration.seconds(30),
+        retries=3,
+        start_period=Duration.seconds(60),
+        timeout=Duration.seconds(5),
+    )
 
 
 class StreamerService(Construct):
@@ -91,6 +120,7 @@ class StreamerService(Construct):
                 "DHAN_ACCESS_TOKEN": ecs.Secret.from_secrets_manager(dhan_secret, "access_token"),
             },
             stop_timeout=stop_timeout,
+            health_check=liveness_check(STREAMER_LIVENESS_FILE),
             logging=ecs.LogDriver.aws_logs(stream_prefix="streamer", log_group=self.log_group),
         )
         self.bridge_container = self.task_definition.add_container(
@@ -105,6 +135,7 @@ class StreamerService(Construct):
             },
             secrets=redis_secrets,
             stop_timeout=stop_timeout,
+            health_check=liveness_check(BRIDGE_LIVENESS_FILE),
             logging=ecs.LogDriver.aws_logs(stream_prefix="bridge", log_group=self.log_group),
         )
         self.security_group = ec2.SecurityGroup(

@@ -42,6 +42,8 @@ class BridgeStatus(TypedDict):
     windows: int
     invocations: int
     invoke_errors: int
+    requeued: int  # updates put back into the next window after a failed one
+    heartbeat_errors: int  # beats that did not reach Redis
     reader_errors: int
     reconnects: int
     resynced: int

@@ -6,6 +6,10 @@ window's end the windower
      connections want (`realtime.directory`: no tick falls between snapshot and stream),
   2. invokes one fan-out per shard that needs one (`realtime.window.plan_window`),
   3. picks the next window so that the expected PostToConnection rate stays under the budget.
+A window whose Redis calls fail goes back into the conflator, and so do the updates of a failed
+invoke: the next window sends them unless a newer tick of the key replaced them.
+A third task beats every `heartbeat_seconds`, windows or not (`relay.heartbeat`): status in
+Redis, one EMF line, the liveness file.
 After any Redis reconnect the reader resubscribes and re-sends the current price of every
 subscribed key whose cached value differs from the last one seen, so no latest value is lost.
 The reader never dies silently (rails #27659): every error is logged, counted in `stats`, and
@@ -18,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -35,6 +39,7 @@ from realtime.window import (
     next_window,
     plan_window,
 )
+from relay import heartbeat
 from relay.invoke import Invoker
 from relay.settings import DEFAULT_BUDGET_PER_SECOND
 
@@ -52,6 +57,7 @@ class BridgeStats:
     windows: int = 0
     invocations: int = 0
     invoke_errors: int = 0
+    requeued: int = 0  # updates put back into the next window (failed invoke or window)
     reader_errors: int = 0
     reconnects: int = 0
     resynced: int = 0
@@ -59,6 +65,7 @@ class BridgeStats:
     expected_posts_per_second: float = 0.0
     last_error: str = ""
     last_window_at: float = 0.0
+    heartbeat_errors: int = 0  # beats whose status did not reach Redis
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -77,7 +84,14 @@ class RelayBridge:
         healthy_after: float = 30.0,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         on_window: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        emit: Callable[[bytes], None] = heartbeat.discard,
+        liveness_file: str = "",
+        stall_seconds: float = heartbeat.STALL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`emit` receives each beat's EMF line (`relay.heartbeat.emf_to_stdout` in AWS);
+        `liveness_file` is touched by each beat (empty: none)."""
         self._redis = redis
         self._directory = ShardDirectory(redis)
         self._invoker = invoker
@@ -94,7 +108,13 @@ class RelayBridge:
         self.window = min_window
         self._sequence = 0
         self._last_housekeeping = 0.0
-        self._last_heartbeat = 0.0
+        self._heartbeat_seconds = heartbeat_seconds
+        self._emit = emit
+        self._liveness_file = liveness_file
+        self._stall_seconds = stall_seconds
+        self._clock = clock
+        self._emitted = dict.fromkeys(heartbeat.COUNTERS, 0)  # counters of the last EMF line
+        self._window_started: float | None = None  # clock() while a window is closing
         self._resync_needed = False
         self.subscribed = asyncio.Event()
 
@@ -109,17 +129,19 @@ class RelayBridge:
     # --- run ----------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Reader and windower until cancelled; both are cancelled and awaited on the way out."""
-        reader = asyncio.create_task(self._read_forever(), name="bridge-reader")
-        windower = asyncio.create_task(self._window_forever(), name="bridge-windower")
+        """Reader, windower and heartbeat until cancelled; all are cancelled and awaited on the
+        way out."""
+        tasks = (asyncio.create_task(self._read_forever(), name="bridge-reader"),
+                 asyncio.create_task(self._window_forever(), name="bridge-windower"),
+                 asyncio.create_task(self._beat_forever(), name="bridge-heartbeat"))
         try:
-            done, _ = await asyncio.wait({reader, windower}, return_when=asyncio.FIRST_EXCEPTION)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 task.result()
         finally:
-            for task in (reader, windower):
+            for task in tasks:
                 task.cancel()
-            for task in (reader, windower):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
@@ -200,6 +222,7 @@ class RelayBridge:
             _raise_if_cancelling()
             await asyncio.sleep(max(0.0, deadline - time.monotonic()))
             closing = time.monotonic()
+            self._window_started = self._clock()
             try:
                 await self.close_window()
             except asyncio.CancelledError:
@@ -208,6 +231,8 @@ class RelayBridge:
                 _raise_if_cancelling()
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("bridge window failed")
+            finally:
+                self._window_started = None
             # Windows are measured from their start, so a slow close does not add drift.
             deadline = closing + self.window
 
@@ -215,8 +240,14 @@ class RelayBridge:
         """Close the current window: publish its values, invoke the fan-outs, adapt."""
         window = self.conflator.drain()
         encoded = {k: dumps(dict(u)) for k, u in window.items()}
-        demand = await self._directory.publish_and_read(encoded)
-        pending = await self._directory.take_pending()
+        try:
+            demand = await self._directory.publish_and_read(encoded)
+            pending = await self._directory.take_pending()
+        except BaseException:
+            # Redis failed before anything was invoked: the window waits for the next one
+            # (where a newer tick of a key replaces it) instead of being dropped.
+            self._requeue(window.values())
+            raise
         now = time.time()
         housekeeping = now - self._last_housekeeping >= self._housekeeping
         if housekeeping:
@@ -236,7 +267,7 @@ class RelayBridge:
                 # Back into the next window (a newer tick of a key replaces it there): a failed
                 # invoke must not lose a subscribed key's newest value. Shards that did get it
                 # drop the repeat by their version claims.
-                self.conflator.extend(payload["updates"])
+                self._requeue(payload["updates"])
         posts = expected_posts(window, demand.refs, demand.live)
         self.stats.windows += 1
         self.stats.invocations += len(payloads)
@@ -250,14 +281,53 @@ class RelayBridge:
                   "invocations": float(len(payloads)), "expected_posts": float(posts)}
         self.stats.history.append(record)
         del self.stats.history[:-120]
-        if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
-            self._last_heartbeat = now
-            await self._directory.write_status(self.status(now))
         if self._on_window is not None:
             maybe = self._on_window({**record, "next_window": self.window})
             if maybe is not None:
                 await maybe
         return payloads
+
+    def _requeue(self, updates: Iterable[Mapping[str, Any]]) -> None:
+        for update in updates:
+            self.stats.requeued += self.conflator.add(update)
+
+    # --- heartbeat ----------------------------------------------------------------------------
+
+    async def _beat_forever(self) -> None:
+        while True:
+            _raise_if_cancelling()
+            await self.beat()
+            await asyncio.sleep(self._heartbeat_seconds)
+
+    def stalled(self) -> bool:
+        """The windower has been inside one window for longer than `stall_seconds`."""
+        started = self._window_started
+        return started is not None and self._clock() - started > self._stall_seconds
+
+    async def beat(self) -> bool:
+        """One heartbeat (`relay.heartbeat`); True when the status reached Redis. Never
+        raises but for cancellation: a beat that fails is counted and logged."""
+        if self._liveness_file and not self.stalled():
+            heartbeat.touch(self._liveness_file)
+        now = time.time()
+        status = self.status(now)
+        try:
+            await self._directory.write_status(status)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Redis down: the next beat tries again
+            _raise_if_cancelling()
+            self.stats.heartbeat_errors += 1
+            log.warning("bridge heartbeat not written (%s: %s)", type(exc).__name__, exc)
+            return False
+        try:
+            self._emit(heartbeat.emf_line(status, previous=self._emitted,
+                                          timestamp_ms=int(now * 1000)))
+        except Exception as exc:  # noqa: BLE001 - a closed stdout must not end the bridge
+            log.warning("bridge metrics not emitted (%s: %s)", type(exc).__name__, exc)
+            return True
+        self._emitted = heartbeat.counters(status)
+        return True
 
     def status(self, now: float | None = None) -> BridgeStatus:
         """What the heartbeat says: enough to tell a stuck or failing bridge from a quiet one."""

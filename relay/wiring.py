@@ -18,6 +18,7 @@ from core.redis_client import CONTAINER_REDIS_ENV, async_client, check_auth
 from core.runtime import tune_gc
 from core.secrets import SecretsManagerReader
 from relay.bridge import RelayBridge
+from relay.heartbeat import discard, emf_to_stdout
 from relay.invoke import Invoker, LambdaInvoker, lambda_client
 from relay.settings import BridgeSettings
 
@@ -46,7 +47,9 @@ def build_bridge(settings: BridgeSettings, *, invoker: Invoker | None = None,
     reader = SecretsManagerReader(secrets_client) if secrets_client is not None else None
     return RelayBridge(redis=async_client(settings.redis, secrets=reader), invoker=invoker,
                        budget_per_second=settings.budget_per_second,
-                       min_window=settings.min_window, max_window=settings.max_window)
+                       min_window=settings.min_window, max_window=settings.max_window,
+                       emit=emf_to_stdout if settings.emit_metrics else discard,
+                       liveness_file=settings.liveness_file)
 
 
 async def serve(bridge: RelayBridge) -> None:

@@ -180,6 +180,7 @@ class Streamer:
             },
             redis_buffer=self.sink.buffered,
             rejected=self.rejected,
+            market_open=self.market_open(),
         )
 
     # -- lifecycle -------------------------------------------------------------------------

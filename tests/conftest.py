@@ -17,6 +17,19 @@ from local.redis_server import RedisHandle, private_redis_server, redis_for_loca
 TEST_DB = int(os.environ.get("LTP_TEST_REDIS_DB", "13"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _liveness_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Streamers and bridges started in-process touch their liveness file (`core.liveness`):
+    in the session's temporary directory, not the machine's /tmp."""
+    before = os.environ.get("LIVENESS_FILE")
+    os.environ["LIVENESS_FILE"] = str(tmp_path_factory.mktemp("liveness") / "alive")
+    yield
+    if before is None:
+        os.environ.pop("LIVENESS_FILE", None)
+    else:
+        os.environ["LIVENESS_FILE"] = before
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisHandle]:
     """A private redis-server per test session when one is installed.

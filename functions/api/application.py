@@ -132,7 +132,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
     @app.get(
         "/api/v1/health/market_stream",
-        summary="Heartbeat age, streamer service, streams and WebSocket connections",
+        summary="Streamer and relay heartbeats, tick age in market hours, streamer service, "
+        "streams and WebSocket connections",
         response_model=None,
         responses={200: {"model": schemas.HealthResponse}, **schemas.error_responses(503)},
     )
@@ -191,6 +192,8 @@ def _health(deps: ApiDeps) -> dict[str, Any]:
         connection_count=deps.connection_count,
         now=deps.wall_clock(),
         stale_after=deps.settings.heartbeat_stale_seconds,
+        tick_stale_after=deps.settings.health_tick_stale_seconds,
+        bridge_stale_after=deps.settings.health_bridge_stale_seconds,
     )
 
 

@@ -1,44 +1,102 @@
-"""Market stream health: heartbeat age, streamer service, streams, WebSocket connections.
+"""Market stream health: heartbeats of the streamer and the relay bridge, the market clock,
+streamer service, streams, WebSocket connections.
 
-Status from `market_stream:heartbeat` (written by the streamer every <= 30 s, TTL 60 s):
-  healthy   a heartbeat at most `HEARTBEAT_STALE_SECONDS` (default 45 s: one missed refresh
-            plus slack) old
-  stale     a heartbeat older than that, or one whose time cannot be read
-  stopped   no heartbeat (the streamer is not running, or has been silent for 60 s), or a
-            last heartbeat that says the streamer stopped
+Status, worst first:
+  stopped   no streamer heartbeat (`market_stream:heartbeat`, TTL 60 s: the streamer is not
+            running, or has been silent for 60 s), or one that says the streamer stopped
+  stale     a streamer heartbeat older than `HEARTBEAT_STALE_SECONDS` (default 45 s: one
+            missed 10-30 s refresh plus slack), or one whose time cannot be read
+  degraded  the heartbeat is fresh but the stream is not doing its job; `reasons` says why:
+            - the market is open (NSE, Monday-Friday 09:15-15:30 Asia/Kolkata, holidays from
+              `functions/schedule/nse_holidays.json`), keys are subscribed, and the newest tick
+              is older than `HEALTH_TICK_STALE_SECONDS` (default 30 s). Its age is the
+              heartbeat's `last_tick_age_s` plus the heartbeat's own age, counted from the open
+              at most (the feed is quiet before it); a streamer without any tick yet waits
+              from the open, or from when its longest-up feed connection connected.
+            - a feed connection stopped for good (`errors.last_fatal`, or a connection whose
+              state is `stopped`: 806/808/809/810 verdicts keep it down for the process's life)
+            - the relay bridge heartbeat (`ws:bridge:heartbeat`, written every ~10 s, TTL 60 s)
+              is missing or older than `HEALTH_BRIDGE_STALE_SECONDS` (default 45 s): prices
+              reach Redis but no browser
+  healthy   none of the above
+With a 10 s streamer heartbeat a feed that goes quiet in market hours turns the answer
+degraded within the tick threshold (30 s) of its last tick, a dead streamer turns it stale
+within 45 s, a dead bridge degraded within 45 s; each returns to healthy with the first
+heartbeat that shows it recovered (a fatal connection only with a new streamer process).
+
 The heartbeat is read defensively: its time may be `updated_at`, `time`, `at` or `timestamp`,
-as ISO-8601 text or epoch seconds (or milliseconds).
+as ISO-8601 text or epoch seconds (or milliseconds). The answer carries `reasons` (empty when
+healthy; the detail when stale or stopped), `tick_age_seconds`, `market_open` and `bridge`
+(`{"heartbeat_age_seconds", "heartbeat"}`, or null when there is no bridge heartbeat).
 
-The answer is 200 whatever the status (the body says it); only Redis being down is a 503.
+`assess` is the pure core (raw values and a clock in, the status part of the answer out);
+`market_stream_health` reads Redis and the service and composes the answer. It is 200 whatever
+the status (the body says it); only Redis being down is a 503.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Container
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from datetime import time as clock_time
+from functools import cache
 from typing import Any
 
 from redis import Redis
 
-from core.messages import loads
+from core.messages import IST, loads
 from core.names import HEARTBEAT_KEY
 from functions.errors import ScalingError
+from functions.schedule.nse_calendar import load_shipped
 from functions.streams import StreamerService, read_streams, union_size
+from realtime.keys import BRIDGE_HEARTBEAT
 
 HEALTHY = "healthy"
+DEGRADED = "degraded"
 STALE = "stale"
 STOPPED = "stopped"
 
 _TIME_FIELDS = ("updated_at", "time", "at", "timestamp")
 _STOPPED_STATES = {"stopped", "stopping", "closed"}
+_FATAL_CONNECTION_STATES = {"stopped"}
+_STREAMING_STATES = {"running"}
 MAX_LISTED_STREAMS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class NseSession:
+    """NSE's continuous session in IST on trading days (pure; holidays are injected)."""
+
+    open: clock_time = clock_time(9, 15)
+    close: clock_time = clock_time(15, 30)
+    holidays: Container[date] = field(default_factory=frozenset)
+
+    def seconds_open(self, now: float) -> float | None:
+        """Seconds since today's open while the session is open at epoch `now`, else None."""
+        local = datetime.fromtimestamp(now, IST)
+        day = local.date()
+        if day.weekday() >= 5 or day in self.holidays:
+            return None
+        if not self.open <= local.time() < self.close:
+            return None
+        return now - datetime.combine(day, self.open, IST).timestamp()
+
+    def holiday(self, now: float) -> bool:
+        return datetime.fromtimestamp(now, IST).date() in self.holidays
+
+
+@cache
+def shipped_session() -> NseSession:
+    """The session with the holidays shipped beside the scheduler (read once per process)."""
+    return NseSession(holidays=load_shipped())
 
 
 def heartbeat_time(heartbeat: dict[str, Any]) -> float | None:
     """Epoch seconds of a heartbeat, or None when no field holds a readable time."""
-    for field in _TIME_FIELDS:
-        value = heartbeat.get(field)
+    for name in _TIME_FIELDS:
+        value = heartbeat.get(name)
         if isinstance(value, bool):
             continue
         if isinstance(value, int | float) and math.isfinite(value) and value > 0:
@@ -53,36 +111,152 @@ def heartbeat_time(heartbeat: dict[str, Any]) -> float | None:
     return None
 
 
-def assess(raw: bytes | str | None, *, now: float, stale_after: float) -> dict[str, Any]:
-    """Pure: the status part of the answer from the raw heartbeat value."""
+def _document(raw: bytes | str | None) -> dict[str, Any] | None:
     if raw is None:
-        return {"status": STOPPED, "heartbeat_age_seconds": None, "heartbeat": None,
-                "detail": "no heartbeat: the streamer is not running"}  # fmt: skip
+        return None
     try:
-        heartbeat = loads(raw)
+        value = loads(raw)
     except ValueError:
-        heartbeat = None
-    if not isinstance(heartbeat, dict):
-        return {"status": STALE, "heartbeat_age_seconds": None, "heartbeat": None,
-                "detail": "the heartbeat is not a JSON object"}  # fmt: skip
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def fatal_reasons(heartbeat: dict[str, Any]) -> list[str]:
+    """Feed connections the streamer gave up on, from `errors.last_fatal` or their state."""
+    errors = heartbeat.get("errors")
+    fatal = errors.get("last_fatal") if isinstance(errors, dict) else None
+    if isinstance(fatal, str) and fatal.strip():
+        return [f"feed connection stopped for good: {fatal.strip()}"]
+    connections = heartbeat.get("connections")
+    stopped = [
+        c for c in (connections if isinstance(connections, list) else [])
+        if isinstance(c, dict) and c.get("state") in _FATAL_CONNECTION_STATES
+    ]  # fmt: skip
+    return [
+        f"feed connection {c.get('index', '?')} stopped for good"
+        + (f": {c['last_error']}" if c.get("last_error") else "")
+        for c in stopped
+    ]
+
+
+def tick_age(heartbeat: dict[str, Any], heartbeat_age: float) -> float | None:
+    """Seconds since the newest tick as of now: the heartbeat's figure plus its own age."""
+    age = _number(heartbeat.get("last_tick_age_s"))
+    return None if age is None else round(max(age, 0.0) + max(heartbeat_age, 0.0), 3)
+
+
+def tick_reason(
+    heartbeat: dict[str, Any], ticks_age: float | None, *, seconds_open: float, limit: float
+) -> str | None:
+    """Why the ticks are overdue while the market is open, or None."""
+    state = heartbeat.get("state", heartbeat.get("status"))
+    if state not in _STREAMING_STATES or not _number(heartbeat.get("instruments")):
+        return None  # idle (no keys), starting, waiting for the lease: no tick is expected
+    if ticks_age is None:
+        # Waiting counts from the open, or from when a feed connection came up if later.
+        connections = heartbeat.get("connections")
+        up = [n for c in (connections if isinstance(connections, list) else [])
+              if isinstance(c, dict) and (n := _number(c.get("connected_for_s"))) is not None]
+        waited = min(seconds_open, max(up)) if up else seconds_open
+        if waited > limit:
+            return f"no tick received yet: {waited:.0f} s of the session without one"
+        return None
+    if min(ticks_age, seconds_open) > limit:
+        return f"newest tick {ticks_age:.0f} s old, more than {limit:g} s, while the market is open"
+    return None
+
+
+def bridge_part(
+    raw: bytes | str | None, *, now: float, limit: float
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The answer's `bridge` and, when the bridge heartbeat is missing or old, the reason."""
+    status = _document(raw)
+    if status is None:
+        if raw is None:
+            return None, "no relay bridge heartbeat: prices do not reach the WebSocket clients"
+        return None, "the relay bridge heartbeat is not a JSON object"
+    stamp = heartbeat_time(status)
+    age = None if stamp is None else round(now - stamp, 3)
+    part = {"heartbeat_age_seconds": age, "heartbeat": status}
+    if age is None:
+        return part, "the relay bridge heartbeat carries no readable time"
+    if age > limit:
+        return part, f"relay bridge heartbeat {age:.0f} s old, more than {limit:g} s"
+    return part, None
+
+
+def assess(
+    raw: bytes | str | None,
+    *,
+    now: float,
+    stale_after: float,
+    bridge: bytes | str | None = None,
+    session: NseSession | None = None,
+    tick_stale_after: float = 30.0,
+    bridge_stale_after: float = 45.0,
+) -> dict[str, Any]:
+    """Pure: the status part of the answer from the raw heartbeats (streamer, bridge) and the
+    clock; `session` None is NSE's session without holidays."""
+    calendar = session or NseSession()
+    seconds_open = calendar.seconds_open(now)
+    bridge_answer, bridge_problem = bridge_part(bridge, now=now, limit=bridge_stale_after)
+    answer: dict[str, Any] = {
+        "market_open": seconds_open is not None,
+        "bridge": bridge_answer,
+        "tick_age_seconds": None,
+    }
+
+    def done(status: str, age: float | None, heartbeat: Any, detail: str,
+             reasons: list[str]) -> dict[str, Any]:  # fmt: skip
+        return {"status": status, "heartbeat_age_seconds": age, "heartbeat": heartbeat,
+                "detail": detail, "reasons": reasons, **answer}  # fmt: skip
+
+    if raw is None:
+        detail = "no heartbeat: the streamer is not running"
+        return done(STOPPED, None, None, detail, [detail])
+    heartbeat = _document(raw)
+    if heartbeat is None:
+        detail = "the heartbeat is not a JSON object"
+        return done(STALE, None, None, detail, [detail])
     stamp = heartbeat_time(heartbeat)
     state = heartbeat.get("state", heartbeat.get("status"))
     if isinstance(state, str) and state.lower() in _STOPPED_STATES:
         age = None if stamp is None else round(now - stamp, 3)
-        return {"status": STOPPED, "heartbeat_age_seconds": age, "heartbeat": heartbeat,
-                "detail": f"the streamer reported {state!r}"}  # fmt: skip
+        detail = f"the streamer reported {state!r}"
+        return done(STOPPED, age, heartbeat, detail, [detail])
     if stamp is None:
-        return {"status": STALE, "heartbeat_age_seconds": None, "heartbeat": heartbeat,
-                "detail": "the heartbeat carries no readable time"}  # fmt: skip
+        detail = "the heartbeat carries no readable time"
+        return done(STALE, None, heartbeat, detail, [detail])
     age = now - stamp
-    status = HEALTHY if age <= stale_after else STALE
-    detail = (
-        f"heartbeat {age:.1f} s old"
-        if status == HEALTHY
-        else f"heartbeat {age:.1f} s old, more than {stale_after:g} s"
-    )
-    return {"status": status, "heartbeat_age_seconds": round(age, 3), "heartbeat": heartbeat,
-            "detail": detail}  # fmt: skip
+    answer["tick_age_seconds"] = ticks_age = tick_age(heartbeat, age)
+    if age > stale_after:
+        detail = f"heartbeat {age:.1f} s old, more than {stale_after:g} s"
+        return done(STALE, round(age, 3), heartbeat, detail, [detail])
+
+    reasons: list[str] = []
+    if seconds_open is None and heartbeat.get("market_open") is True and not calendar.holiday(now):
+        # The streamer streams by its own clock (a special session outside the usual hours, or
+        # one forced open): ticks are due as long as it has been streaming. (Its clock knows no
+        # holidays; on one, no tick is due whatever it says.)
+        seconds_open = _number(heartbeat.get("beating_for_s"))
+        answer["market_open"] = seconds_open is not None
+    if seconds_open is not None:
+        overdue = tick_reason(heartbeat, ticks_age, seconds_open=seconds_open,
+                              limit=tick_stale_after)  # fmt: skip
+        if overdue:
+            reasons.append(overdue)
+    reasons.extend(fatal_reasons(heartbeat))
+    if bridge_problem:
+        reasons.append(bridge_problem)
+    if reasons:
+        return done(DEGRADED, round(age, 3), heartbeat, "; ".join(reasons), reasons)
+    return done(HEALTHY, round(age, 3), heartbeat, f"heartbeat {age:.1f} s old", [])
 
 
 def market_stream_health(
@@ -92,9 +266,19 @@ def market_stream_health(
     connection_count: Callable[[], int | None],
     now: float,
     stale_after: float,
+    tick_stale_after: float = 30.0,
+    bridge_stale_after: float = 45.0,
+    session: Callable[[], NseSession] | None = None,
 ) -> dict[str, Any]:
-    answer = assess(redis.get(HEARTBEAT_KEY), now=now, stale_after=stale_after)
-    answer["thresholds"] = {"healthy_max_age_seconds": stale_after}
+    """The whole answer: one MGET of both heartbeats, the streams, connections, ECS counts.
+    `session` builds the market session (default: NSE with the shipped holidays)."""
+    heartbeat, bridge = redis.mget([HEARTBEAT_KEY, BRIDGE_HEARTBEAT])
+    answer = assess(heartbeat, now=now, stale_after=stale_after, bridge=bridge,
+                    session=(session or shipped_session)(), tick_stale_after=tick_stale_after,
+                    bridge_stale_after=bridge_stale_after)  # fmt: skip
+    answer["thresholds"] = {"healthy_max_age_seconds": stale_after,
+                            "tick_max_age_seconds": tick_stale_after,
+                            "bridge_max_age_seconds": bridge_stale_after}  # fmt: skip
 
     streams = read_streams(redis=redis)
     names = sorted(streams)

@@ -95,10 +95,16 @@ class WsTokenResponse(BaseModel):
 class HealthResponse(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    status: Literal["healthy", "stale", "stopped"]
+    status: Literal["healthy", "degraded", "stale", "stopped"]
+    reasons: list[str] = Field(description="why the status is not healthy; empty when healthy")
     heartbeat_age_seconds: float | None
     heartbeat: dict[str, Any] | None
     detail: str
+    market_open: bool = Field(description="NSE session open now (IST, holidays skipped)")
+    tick_age_seconds: float | None = Field(
+        description="seconds since the newest tick: the heartbeat's figure plus its age")
+    bridge: dict[str, Any] | None = Field(
+        description="relay bridge heartbeat age and status; null when it has none")
     thresholds: dict[str, float]
     streams: dict[str, Any]
     websocket_connections: int | None

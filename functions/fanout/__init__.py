@@ -2,7 +2,9 @@
 
 Invoked asynchronously by the relay bridge once per active shard and window with
 `{"shard": N, "window": seq, "published_at": epoch, "updates": [...]}` (under 1 MB).
-Emits EMF metrics (Powertools) for posts, bytes, gone, throttled and duration.
+Emits EMF metrics (Powertools) for posts, bytes, gone, throttled, deferred, unsent and
+duration. Lambda's context bounds the posting: what the remaining time cannot post is deferred
+to each connection's next message (`functions.fanout.runner`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def _wired() -> tuple[Fanout, Emit]:
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     fanout, emit = _wired()
-    return emit(fanout.run(event), event, context)
+    return emit(fanout.run(event, context), event, context)
 
 
 __all__ = ["Fanout", "FanoutResult", "handler"]

@@ -8,6 +8,18 @@ above its snapshot floor, plus what failed to reach it before, as one message (s
 with jittered backoff until the retry budget runs out; what still failed is carried into that
 connection's next message. 410 Gone removes the connection.
 
+What the claim took is settled whatever happens after it: every update of the plan either
+reached its connection or is deferred (`ConnectionRegistry.defer`) into that connection's next
+message. That covers posts that failed (any botocore or network error is a failed post, see
+`functions.ws.management.classify`), a worker that raised something unexpected (settled first,
+then re-raised so that Lambda counts the error and the event reaches the fan-out's failure
+queue), and an invocation about to run out of Lambda time: `time_reserve_seconds` before the
+end (`context.get_remaining_time_in_millis()`) no post is started any more, posts still in
+flight are given up (their updates deferred; one that lands later is a harmless duplicate of
+the same version) and the rest is deferred. Only Redis failing between the claim and the
+settle can still lose the window for the shard; then the invocation raises, and its event (with
+its updates) is what the failure queue keeps.
+
 Who wants what is cached per shard and re-read only when the shard's epoch (bumped by every
 subscribe, unsubscribe, snapshot and removal in the same script) moved, or every 30 s: a warm
 Lambda container reads the subscriptions once, not on every window.
@@ -21,8 +33,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_all
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -31,10 +44,21 @@ from core.messages import Update, loads, utc_now_iso
 from functions.ws.management import ManagementApi, PostOutcome, post
 from realtime.contracts import FanoutPayload
 from realtime.delivery import index_window, pack_messages, route, still_wanted
-from realtime.registry import ConnectionRegistry
+from realtime.registry import ConnectionRegistry, ShardClaim
 from realtime.views import EpochCache, ShardView
 
 log = logging.getLogger(__name__)
+
+# Kept free at the end of an invocation for the settle (one DEFER script) and the metrics
+# flush; a post in flight past it is given up. Lambda kills an invocation at its timeout
+# without running anything more, so whatever is not settled by then is lost for this window.
+TIME_RESERVE_SECONDS = 1.0
+
+
+class LambdaContext(Protocol):
+    """The part of Lambda's context object the fan-out reads."""
+
+    def get_remaining_time_in_millis(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -48,7 +72,8 @@ class FanoutResult:
     throttled: int = 0  # throttled attempts (each retry counts)
     retried_ok: int = 0  # messages delivered after at least one throttle
     deferred: int = 0  # updates carried into the next message
-    failed: int = 0  # messages not delivered this window
+    failed: int = 0  # recipients whose post failed this window
+    unsent: int = 0  # recipients not (fully) posted to: out of time, or given up in flight
     swept: int = 0
     duration: float = 0.0
     errors: list[str] = field(default_factory=list)
@@ -62,11 +87,15 @@ class _Delivery:
     connection_id: str
     messages: list[bytes]
     items: list[bytes]  # the updates' JSON in those messages
-    outcome: PostOutcome = PostOutcome.SENT
+    outcome: PostOutcome | None = None  # None: not (fully) posted
     posted: int = 0
     bytes: int = 0
     throttled: int = 0
     retried_ok: int = 0
+    error: BaseException | None = None  # what a post raised that is not an AWS error
+    # Set under Fanout._lock: a worker finishing a delivery or the settle giving up on it.
+    finished: bool = False
+    abandoned: bool = False
 
 
 class Fanout:
@@ -82,6 +111,7 @@ class Fanout:
         backoff_cap: float = 0.4,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        time_reserve_seconds: float = TIME_RESERVE_SECONDS,
     ) -> None:
         self._registry = registry
         self._api = management
@@ -95,19 +125,44 @@ class Fanout:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fanout")
         self._random = random.Random()
         self._random_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._reserve = time_reserve_seconds
         self._views: EpochCache[int, ShardView] = EpochCache(clock=clock)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._registry.close()
 
-    def run(self, payload: FanoutPayload | Mapping[str, Any]) -> FanoutResult:
+    def run(self, payload: FanoutPayload | Mapping[str, Any],
+            context: LambdaContext | None = None) -> FanoutResult:
+        """One window for one shard; `context` (Lambda's) bounds the time spent posting."""
         started = self._clock()
+        stop_at = None
+        if context is not None:
+            remaining = context.get_remaining_time_in_millis() / 1000
+            stop_at = started + remaining - self._reserve
         shard = int(payload["shard"])
         result = FanoutResult(shard=shard)
         result.swept = self._registry.sweep(shard)
         window = index_window(payload.get("updates") or [])
         claim = self._registry.claim(shard, {k: u["version"] for k, u in window.items()})
+        # From here on, what the claim took is this invocation's to deliver or defer.
+        deliveries = self._plan(shard, window, claim, result)
+        unexpected: BaseException | None = None
+        try:
+            self._post(deliveries, started, stop_at)
+        except Exception as exc:  # noqa: BLE001 - settled below, then raised
+            unexpected = exc
+        finally:
+            self._finish(deliveries, shard, result)
+        result.duration = self._clock() - started
+        unexpected = unexpected or next((d.error for d in deliveries if d.error), None)
+        if unexpected is not None:
+            raise unexpected
+        return result
+
+    def _plan(self, shard: int, window: Mapping[str, Update], claim: ShardClaim,
+              result: FanoutResult) -> list[_Delivery]:
         view = self._view(shard, claim.epoch)
         result.connections = len(view.keys)
         encoded = {key: orjson.dumps(window[key]) for key in claim.fresh}
@@ -122,32 +177,48 @@ class Fanout:
         deliveries = [_Delivery(cid, pack_messages(items, timestamp=timestamp, max_bytes=limit),
                                 items) for cid, items in routed.items()]
         result.recipients = len(deliveries)
-        deadline = started + self._retry_seconds
+        return deliveries
+
+    def _post(self, deliveries: Sequence[_Delivery], started: float,
+              stop_at: float | None) -> None:
+        retry_until = started + self._retry_seconds
+        if stop_at is not None:
+            retry_until = min(retry_until, stop_at)
         # Each worker pulls the next delivery itself: one pool task per worker instead of one
         # per connection (a Future per post cost more CPU than an in-process post).
         queue = iter(deliveries)
         queue_lock = threading.Lock()
 
         def work() -> None:
-            while True:
+            while stop_at is None or self._clock() < stop_at:
                 with queue_lock:
                     delivery = next(queue, None)
                 if delivery is None:
                     return
-                self._deliver(delivery, deadline)
+                self._deliver_settled(delivery, retry_until, stop_at)
 
         if self._workers <= 1:
             work()  # posts that do not block (the local gateway in-process) need no threads
-        else:
-            workers = [self._pool.submit(work)
-                       for _ in range(min(self._workers, len(deliveries)))]
-            for worker in workers:
-                worker.result()
-        for delivery in deliveries:
-            self._account(delivery, result)
-        self._settle(deliveries, shard, result)
-        result.duration = self._clock() - started
-        return result
+            return
+        workers = [self._pool.submit(work) for _ in range(min(self._workers, len(deliveries)))]
+        timeout = None if stop_at is None else max(0.0, stop_at - self._clock())
+        done, _ = wait_for_all(workers, timeout=timeout)  # the rest is given up in _finish
+        for worker in done:
+            worker.result()
+
+    def _deliver_settled(self, delivery: _Delivery, retry_until: float,
+                         stop_at: float | None) -> None:
+        """`_deliver`, its outcome recorded unless the settle gave up on it meanwhile."""
+        try:
+            outcome = self._deliver(delivery, retry_until, stop_at)
+        except Exception as exc:  # noqa: BLE001 - not an AWS error (see classify): a bug
+            log.exception("post to %s raised", delivery.connection_id)
+            delivery.error = exc
+            outcome = PostOutcome.FAILED
+        with self._lock:
+            if not delivery.abandoned:
+                delivery.outcome = outcome
+                delivery.finished = True
 
     def _view(self, shard: int, epoch: str) -> ShardView:
         view = self._views.get(shard, epoch)
@@ -157,11 +228,15 @@ class Fanout:
                                    ShardView.from_floors(subscriptions.floors))
         return view
 
-    def _deliver(self, delivery: _Delivery, deadline: float) -> _Delivery:
+    def _deliver(self, delivery: _Delivery, retry_until: float,
+                 stop_at: float | None) -> PostOutcome | None:
+        """Post the delivery's messages; None when time ran out before the last one."""
         for message in delivery.messages:
             attempt = 0
             backoff: Backoff | None = None
             while True:
+                if stop_at is not None and self._clock() >= stop_at:
+                    return None
                 outcome = post(self._api, delivery.connection_id, message)
                 if outcome is PostOutcome.SENT:
                     delivery.posted += 1
@@ -171,22 +246,30 @@ class Fanout:
                 if outcome is PostOutcome.THROTTLED:
                     delivery.throttled += 1
                 if outcome in (PostOutcome.GONE, PostOutcome.TOO_LARGE):
-                    delivery.outcome = outcome
-                    return delivery
+                    return outcome
                 if backoff is None:  # built on the first refusal: most posts need none
                     backoff = Backoff(base=self._backoff_base, cap=self._backoff_cap,
                                       min_fraction=0.5, rng=self._uniform)
                 delay = backoff.next_delay()
-                if self._clock() + delay > deadline:
-                    delivery.outcome = outcome
-                    return delivery
+                if self._clock() + delay > retry_until:
+                    return outcome
                 self._sleep(delay)
                 attempt += 1
-        return delivery
+        return PostOutcome.SENT
 
     def _uniform(self) -> float:
         with self._random_lock:  # posts retry from several threads
             return self._random.random()
+
+    def _finish(self, deliveries: Sequence[_Delivery], shard: int,
+                result: FanoutResult) -> None:
+        with self._lock:  # a worker still posting now is given up on: its result is ignored
+            for delivery in deliveries:
+                if not delivery.finished:
+                    delivery.abandoned = True
+        for delivery in deliveries:
+            self._account(delivery, result)
+        self._settle(deliveries, shard, result)
 
     @staticmethod
     def _account(delivery: _Delivery, result: FanoutResult) -> None:
@@ -196,14 +279,22 @@ class Fanout:
         result.retried_ok += delivery.retried_ok
         if delivery.outcome is PostOutcome.GONE:
             result.gone += 1
+        elif delivery.outcome is None:
+            result.unsent += 1
         elif delivery.outcome is not PostOutcome.SENT:
             result.failed += 1
+        if delivery.error is not None:
+            result.errors.append(f"{delivery.connection_id}: {type(delivery.error).__name__}: "
+                                 f"{delivery.error}")
 
     def _settle(self, deliveries: Sequence[_Delivery], shard: int, result: FanoutResult) -> None:
+        """Defer what did not reach its connection, then forget the gone connections. A
+        Redis failure in the defer raises (nothing else could record those updates)."""
         failed: dict[str, Sequence[Update]] = {}
+        gone: list[str] = []
         for delivery in deliveries:
             if delivery.outcome is PostOutcome.GONE:
-                self._registry.remove(delivery.connection_id, shard=shard)
+                gone.append(delivery.connection_id)
             elif delivery.outcome is PostOutcome.TOO_LARGE:
                 result.errors.append(f"{delivery.connection_id}: payload too large")
             elif delivery.outcome is not PostOutcome.SENT:
@@ -213,3 +304,9 @@ class Fanout:
                 failed[delivery.connection_id] = [loads(raw) for raw in delivery.items]
         if failed:
             result.deferred = self._registry.defer(failed, shard=shard)
+        for connection_id in gone:
+            try:
+                self._registry.remove(connection_id, shard=shard)
+            except Exception as exc:  # noqa: BLE001 - its next post answers 410 again
+                log.warning("gone connection %s not removed (%s)", connection_id, exc)
+                result.errors.append(f"{connection_id}: not removed: {exc}")

@@ -32,6 +32,7 @@ def metrics_emitter(metrics: Metrics) -> Emit:
         metrics.add_metric(name="Throttled", unit=MetricUnit.Count, value=result.throttled)
         metrics.add_metric(name="Deferred", unit=MetricUnit.Count, value=result.deferred)
         metrics.add_metric(name="FailedPosts", unit=MetricUnit.Count, value=result.failed)
+        metrics.add_metric(name="Unsent", unit=MetricUnit.Count, value=result.unsent)
         metrics.add_metric(name="Recipients", unit=MetricUnit.Count, value=result.recipients)
         metrics.add_metric(name="FanoutDuration", unit=MetricUnit.Milliseconds,
                            value=result.duration * 1000)

@@ -122,7 +122,7 @@ def functions_env(environ: Mapping[str, str], feed: FeedChoice, *, ws_secret: st
 def bridge_env(redis: Mapping[str, str], *, min_window: float) -> dict[str, str]:
     window_ms = round(min_window * 1000)
     return {**redis, "WS_WINDOW_MIN_MS": str(window_ms),
-            "WS_WINDOW_MAX_MS": str(max(window_ms, 2000))}
+            "WS_WINDOW_MAX_MS": str(max(window_ms, 2000)), "RELAY_EMF_METRICS": "false"}
 
 
 def streamer_env(environ: Mapping[str, str], feed: FeedChoice, *,

@@ -9,7 +9,7 @@ from typing import Any
 
 from aws_cdk.assertions import Match, Template
 
-from tests.infra.helpers import Synthesized, logical_id
+from tests.infra.helpers import Synthesized, as_list, logical_id, references, statements
 
 HANDLERS = {
     "functions.api.handler",
@@ -161,6 +161,66 @@ def test_the_fanout_reserves_concurrency_and_drops_stale_windows(
             "MaximumEventAgeInSeconds": 60,
         },
     )
+
+
+def test_failed_or_expired_fanout_events_land_in_an_encrypted_queue(
+    synthesized: Synthesized, template: Template
+) -> None:
+    stack = synthesized.stack
+    queue = logical_id(stack, stack.fanout.failures)
+    fanout = synthesized.resource(stack.fanout.function)["Properties"]
+    # The function's dead-letter queue: what failed all (zero) retries or outlived 60 s.
+    assert fanout["DeadLetterConfig"] == {"TargetArn": {"Fn::GetAtt": [queue, "Arn"]}}
+    props = synthesized.resource(stack.fanout.failures)["Properties"]
+    assert props["SqsManagedSseEnabled"] is True
+    assert 2 * 86400 <= props["MessageRetentionPeriod"] <= 7 * 86400
+    assert props["MaximumMessageSize"] >= 900_000  # a whole event (realtime.window)
+    template.has_resource_properties("AWS::SQS::QueuePolicy", {
+        "Queues": [{"Ref": queue}],
+        "PolicyDocument": {"Statement": Match.array_with([Match.object_like({
+            "Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})])},
+    })
+
+
+def test_only_the_fanout_may_send_to_its_failure_queue_and_only_send(
+    synthesized: Synthesized,
+) -> None:
+    stack = synthesized.stack
+    queue = logical_id(stack, stack.fanout.failures)
+    grants = [(policy, statement) for policy, statement in statements(synthesized.resources)
+              if references(statement.get("Resource"), queue)]
+    assert grants, "nothing may write to the failure queue"
+    roles: set[str] = set()
+    for policy, statement in grants:
+        assert statement["Effect"] == "Allow"
+        assert as_list(statement["Action"]) == ["sqs:SendMessage"]
+        assert statement["Resource"] == {"Fn::GetAtt": [queue, "Arn"]}
+        roles.update(r["Ref"] for r in synthesized.resources[policy]["Properties"]["Roles"])
+    role = stack.fanout.function.role
+    assert role is not None
+    assert roles == {logical_id(stack, role)}
+
+
+def test_an_alarm_fires_while_the_failure_queue_holds_anything(
+    synthesized: Synthesized,
+) -> None:
+    stack = synthesized.stack
+    alarm = synthesized.resource(stack.fanout.failures_alarm)["Properties"]
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold" and alarm["Threshold"] == 0
+    assert alarm["EvaluationPeriods"] == 1 and alarm["TreatMissingData"] == "notBreaching"
+    stats = {m["Id"]: m["MetricStat"] for m in alarm["Metrics"] if "MetricStat" in m}
+    (expression,) = [m for m in alarm["Metrics"] if "Expression" in m]
+    assert expression["Expression"] == "FILL(failed, 0) + FILL(undeliverable, 0)"
+    visible = stats["failed"]["Metric"]
+    assert visible["Namespace"] == "AWS/SQS"
+    assert visible["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert visible["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [
+        logical_id(stack, stack.fanout.failures), "QueueName"]}}]
+    assert stats["failed"]["Stat"] == "Maximum"
+    lost = stats["undeliverable"]["Metric"]
+    assert (lost["Namespace"], lost["MetricName"]) == ("AWS/Lambda", "DeadLetterErrors")
+    assert lost["Dimensions"] == [{"Name": "FunctionName", "Value": {
+        "Ref": logical_id(stack, stack.fanout.function)}}]
 
 
 def test_every_handler_string_names_a_callable_in_the_bundled_packages(

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.cdk
 SAMPLE_VALUES = {
     "REDIS_URL": "rediss://cache.example:6379/0",
     "DHAN_FEED_URL": "wss://feed.example",
+    "REDIS_SOCKET_TIMEOUT": "10",
 }
 
 
@@ -104,7 +105,8 @@ def test_every_deployable_is_found(synthesized: Synthesized) -> None:
     assert found == {
         "functions.api.handler", "functions.ws.authorize", "functions.ws.connect",
         "functions.ws.disconnect", "functions.ws.message", "functions.fanout.handler",
-        "functions.schedule.handler", "python -m streamer", "python -m relay",
+        "functions.schedule.handler", "functions.instruments.handler", "python -m streamer",
+        "python -m relay",
     }  # fmt: skip
 
 

@@ -1,8 +1,11 @@
-"""Market-hours schedules, web hosting with the deployment's config.json, alarms."""
+"""Market-hours schedules, web hosting with the deployment's config.json, alarms (heartbeat,
+tick age in market hours, relay bridge heartbeat, fan-out, APIs, cache)."""
 
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 from aws_cdk.assertions import Match, Template
 
@@ -86,14 +89,16 @@ def test_alarms_cover_heartbeat_fanout_and_api_errors(
 ) -> None:
     stack = synthesized.stack
     topic = logical_id(stack, stack.monitoring.topic)
-    alarms = synthesized.of_type("AWS::CloudWatch::Alarm")
-    assert len(alarms) == 7
+    own = {logical_id(stack, a) for a in stack.monitoring.alarms}
+    alarms = [r for name, r in synthesized.resources.items() if name in own]
+    assert len(alarms) >= 9
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic}]
         assert alarm["Properties"]["TreatMissingData"] == "notBreaching"
 
     stale = [a["Properties"] for a in alarms if "Metrics" in a["Properties"]
-             and any("heartbeat" in str(m.get("Label", "")) for m in a["Properties"]["Metrics"])]
+             and any(m.get("Label") == "streamer running without heartbeat"
+                     for m in a["Properties"]["Metrics"])]
     (stale_props,) = stale
     metrics = {m["Id"]: m for m in stale_props["Metrics"]}
     assert metrics["beats"]["MetricStat"]["Metric"]["Namespace"] == "LtpStream"
@@ -121,3 +126,88 @@ def test_alarms_cover_heartbeat_fanout_and_api_errors(
     template.resource_count_is("AWS::CloudWatch::Dashboard", 1)
     template.has_resource_properties("AWS::SNS::TopicPolicy", {"PolicyDocument": {
         "Statement": Match.array_with([Match.object_like({"Effect": "Deny"})])}})
+
+
+def math_alarm(synthesized: Synthesized, metric_name: str) -> dict[str, Any]:
+    """The one metric-math alarm that uses `metric_name`."""
+    found = [
+        a["Properties"] for a in synthesized.of_type("AWS::CloudWatch::Alarm")
+        if any(m.get("MetricStat", {}).get("Metric", {}).get("MetricName") == metric_name
+               for m in a["Properties"].get("Metrics", []))
+    ]  # fmt: skip
+    (props,) = found
+    return props
+
+
+def test_tick_age_alarm_watches_the_market_hours_metric(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::CloudWatch::Alarm",
+        {
+            "Namespace": "LtpStream",
+            # Emitted only while the market is open: LastTickAgeSeconds keeps growing all
+            # night, so an alarm on it would fire after every close.
+            "MetricName": "MarketTickAgeSeconds",
+            "Dimensions": [{"Name": "service", "Value": "streamer"}],
+            "Statistic": "Maximum",
+            "Period": 60,
+            "Threshold": 60,
+            "EvaluationPeriods": 3,
+            "DatapointsToAlarm": 3,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            # No metric outside market hours or with the task scaled to 0: not an outage.
+            "TreatMissingData": "notBreaching",
+        },
+    )
+    alarms = [a["Properties"] for a in template.find_resources("AWS::CloudWatch::Alarm").values()]
+    assert [a.get("MetricName") for a in alarms].count("LastTickAgeSeconds") == 0
+
+
+def test_bridge_alarm_needs_streamer_heartbeats_and_no_bridge_heartbeats(
+    synthesized: Synthesized,
+) -> None:
+    props = math_alarm(synthesized, "BridgeHeartbeats")
+    metrics = {m["Id"]: m for m in props["Metrics"]}
+    bridge = metrics["bridge"]["MetricStat"]
+    assert bridge["Metric"]["Namespace"] == "LtpStream"
+    assert bridge["Metric"]["Dimensions"] == [{"Name": "service", "Value": "relay"}]
+    assert (bridge["Stat"], bridge["Period"]) == ("Sum", 60)
+    beats = metrics["beats"]["MetricStat"]
+    assert beats["Metric"]["MetricName"] == "Heartbeats"
+    assert beats["Metric"]["Dimensions"] == [{"Name": "service", "Value": "streamer"}]
+    (expression,) = [m for m in props["Metrics"] if "Expression" in m]
+    assert expression["ReturnData"] is True
+    assert props["Threshold"] == 1
+    assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert (props["EvaluationPeriods"], props["DatapointsToAlarm"]) == (3, 3)
+    assert props["TreatMissingData"] == "notBreaching"
+
+    # The expression per minute: 1 only when the streamer beats and the bridge does not.
+    def evaluate(beats: float | None, bridge: float | None) -> float:
+        return metric_math(expression["Expression"], beats=beats, bridge=bridge)
+
+    assert evaluate(6, None) == 1 and evaluate(6, 0) == 1  # streamer up, bridge silent
+    assert evaluate(6, 6) == 0 and evaluate(6, 1) == 0  # both up
+    assert evaluate(None, None) == 0  # task scaled to 0 overnight
+    assert evaluate(None, 6) == 0  # the streamer's own alarm covers a silent streamer
+
+
+def metric_math(expression: str, **values: float | None) -> float:
+    """The few CloudWatch metric-math functions the alarms use (IF, FILL, AND, OR, comparisons)
+    evaluated for one datapoint; None is a metric with no datapoint in that minute."""
+    python = re.sub(r"\bAND\b", " and ", re.sub(r"\bOR\b", " or ", expression))
+
+    def fill(value: float | None, default: float) -> float:
+        return default if value is None else value
+
+    def if_(condition: bool, then: float, otherwise: float) -> float:
+        return then if condition else otherwise
+
+    python = python.replace("IF(", "if_(").replace("FILL(", "fill(")
+    result = eval(python, {"__builtins__": {}}, {"if_": if_, "fill": fill, **values})  # noqa: S307
+    return float(result)
+
+
+def test_the_dashboard_graphs_the_new_metrics(synthesized: Synthesized) -> None:
+    (dashboard,) = synthesized.of_type("AWS::CloudWatch::Dashboard")
+    body = json.dumps(dashboard["Properties"]["DashboardBody"])
+    assert "MarketTickAgeSeconds" in body and "BridgeHeartbeats" in body

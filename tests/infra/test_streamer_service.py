@@ -1,4 +1,5 @@
-"""The streamer service: desired count 0, secrets from Secrets Manager, graceful stop."""
+"""The streamer service: desired count 0, secrets from Secrets Manager, graceful stop, container
+health checks."""
 
 from __future__ import annotations
 
@@ -81,3 +82,16 @@ def test_the_dhan_secret_is_a_placeholder_with_both_fields(template: Template) -
             }
         },
     )
+
+
+def test_both_containers_have_a_liveness_health_check(synthesized: Synthesized) -> None:
+    found = containers(synthesized)
+    files = {"streamer": "/tmp/streamer.alive", "bridge": "/tmp/relay.alive"}
+    for name, path in files.items():
+        check = found[name]["HealthCheck"]
+        assert check["Command"] == ["CMD", "python", "-m", "core.liveness", path, "90"]
+        assert (check["Interval"], check["Retries"], check["StartPeriod"]) == (30, 3, 60)
+        assert check["Timeout"] <= 10
+        # The default file is the one the process touches: the template does not move it.
+        environment = {e["Name"] for e in found[name]["Environment"]}
+        assert "LIVENESS_FILE" not in environment

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -189,9 +191,6 @@ async def test_pending_and_housekeeping_shards_are_invoked_without_updates(
     bridge = RelayBridge(redis=aredis, invoker=invoker, housekeeping_seconds=3600)
     await bridge.close_window()  # the first window is a housekeeping one: every shard
     assert sorted(p["shard"] for p in invoker.payloads) == [0, 1, 2, 3]
-    heartbeat = orjson.loads(redis_client.get(layout.BRIDGE_HEARTBEAT) or b"{}")
-    assert heartbeat["windows"] == 1 and heartbeat["reader_errors"] == 0
-    assert 0 < redis_client.ttl(layout.BRIDGE_HEARTBEAT) <= 60
     invoker.payloads.clear()
     await bridge.close_window()
     assert invoker.payloads == []
@@ -395,3 +394,244 @@ def test_the_bridge_client_carries_the_auth_token() -> None:
     kwargs = bridge._redis.connection_pool.connection_kwargs
     assert kwargs["password"] == "s3cret-token" and kwargs["host"] == "cache.example"
     assert kwargs["ssl_cert_reqs"] == "required" and kwargs["ssl_check_hostname"] is True
+
+
+# --- heartbeat: status in Redis, EMF line, liveness file ---------------------------------------
+
+
+class Lines:
+    """Collects the EMF lines a bridge emits."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, line: bytes) -> None:
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        self.records.append(orjson.loads(line))
+
+
+class FailingInvoker(RecordingInvoker):
+    """Fails every invoke that carries updates while `failing` is set."""
+
+    failing = True
+
+    async def invoke(self, payload: dict[str, Any]) -> None:
+        if self.failing and payload["updates"]:
+            raise TimeoutError("read timeout")
+        await super().invoke(payload)
+
+
+class BrokenRedis:
+    """A real client whose writes (SET) or pipelines fail while the flag is set."""
+
+    def __init__(self, real: aioredis.Redis) -> None:
+        self._real = real
+        self.fail_set = False
+        self.fail_pipeline = False
+
+    async def set(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fail_set:
+            raise redis.exceptions.ConnectionError("Redis is restarting")
+        return await self._real.set(*args, **kwargs)
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fail_pipeline:
+            raise redis.exceptions.ConnectionError("Redis is restarting")
+        return self._real.pipeline(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def stale(path: Any) -> None:
+    """Age a liveness file to the epoch, so that a later touch is visible in its mtime."""
+    path.touch()
+    os.utime(path, (0, 0))
+
+
+def stored_heartbeat(redis_client: redis.Redis) -> dict[str, Any]:
+    raw = redis_client.get(layout.BRIDGE_HEARTBEAT)
+    assert raw is not None, "no heartbeat in Redis"
+    document: dict[str, Any] = orjson.loads(raw)
+    return document
+
+
+async def test_a_heartbeat_carries_windows_invokes_failures_and_its_time(
+    aredis: aioredis.Redis, redis_client: redis.Redis
+) -> None:
+    one_subscriber(redis_client, "c0", ["NSE_EQ:1", "NSE_EQ:2"])
+    invoker, lines = FailingInvoker(), Lines()
+    bridge = RelayBridge(redis=aredis, invoker=invoker, min_window=0.5, max_window=0.5,
+                         housekeeping_seconds=3600, emit=lines)
+    bridge.conflator.extend([update("NSE_EQ:1", 1, 10.0), update("NSE_EQ:2", 1, 20.0)])
+    await bridge.close_window()  # the invoke fails: both updates go back
+    invoker.failing = False
+    await bridge.close_window()  # ... and out with this one
+    before = time.time()
+    assert await bridge.beat()
+    after = time.time()
+    document = stored_heartbeat(redis_client)
+    assert before <= document["time"] <= after
+    assert (document["windows"], document["invocations"], document["invoke_errors"],
+            document["requeued"]) == (2, 2, 1, 2)
+    assert document["window_seconds"] == 0.5 and document["heartbeat_errors"] == 0
+    assert 0 < redis_client.ttl(layout.BRIDGE_HEARTBEAT) <= layout.BRIDGE_HEARTBEAT_TTL_SECONDS
+    assert sorted((k, v) for _, k, v, _ in invoker.updates()) == [("NSE_EQ:1", 1),
+                                                                   ("NSE_EQ:2", 1)]
+    (record,) = lines.records
+    (directive,) = record["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == "LtpStream"
+    assert directive["Dimensions"] == [["service"]] and record["service"] == "relay"
+    units = {m["Name"]: m["Unit"] for m in directive["Metrics"]}
+    assert units == {"BridgeHeartbeats": "Count", "BridgeWindows": "Count",
+                     "BridgeInvocations": "Count", "BridgeInvokeFailures": "Count",
+                     "BridgeWindowSeconds": "Seconds"}
+    assert {name: record[name] for name in units} == {
+        "BridgeHeartbeats": 1, "BridgeWindows": 2, "BridgeInvocations": 2,
+        "BridgeInvokeFailures": 1, "BridgeWindowSeconds": 0.5}
+    assert int(before * 1000) <= record["_aws"]["Timestamp"] <= int(after * 1000) + 1
+    # The counters are deltas: the next line counts only what happened since this one.
+    bridge.conflator.add(update("NSE_EQ:1", 2, 11.0))
+    await bridge.close_window()
+    assert await bridge.beat()
+    assert {n: lines.records[-1][n] for n in ("BridgeWindows", "BridgeInvocations",
+                                              "BridgeInvokeFailures")} == {
+        "BridgeWindows": 1, "BridgeInvocations": 1, "BridgeInvokeFailures": 0}
+    assert stored_heartbeat(redis_client)["windows"] == 3
+
+
+async def test_a_quiet_market_keeps_the_bridge_beating(
+    aredis: aioredis.Redis, redis_client: redis.Redis, tmp_path: Any
+) -> None:
+    liveness = tmp_path / "relay.alive"
+    stale(liveness)
+    lines = Lines()
+    # No tick arrives and no window closes within the test: only the heartbeat task beats.
+    bridge = RelayBridge(redis=aredis, invoker=RecordingInvoker(), min_window=3600,
+                         max_window=3600, heartbeat_seconds=0.02, emit=lines,
+                         liveness_file=str(liveness))
+    async with running(bridge):
+        await wait_for(lambda: len(lines.records) >= 3)
+        await wait_for(lambda: stored_heartbeat(redis_client)["subscribed"] is True)
+    assert stored_heartbeat(redis_client)["windows"] == 0
+    assert all(r["BridgeHeartbeats"] == 1 and r["BridgeWindows"] == 0 for r in lines.records)
+    assert liveness.stat().st_mtime > 0
+
+
+async def test_a_beat_that_misses_redis_is_not_counted_but_the_bridge_stays_alive(
+    aredis: aioredis.Redis, redis_client: redis.Redis, tmp_path: Any
+) -> None:
+    liveness = tmp_path / "relay.alive"
+    broken, lines = BrokenRedis(aredis), Lines()
+    bridge = RelayBridge(redis=broken, invoker=RecordingInvoker(), housekeeping_seconds=3600,
+                         emit=lines, liveness_file=str(liveness))
+    await bridge.close_window()
+    broken.fail_set = True
+    stale(liveness)
+    assert await bridge.beat() is False
+    assert lines.records == [] and not redis_client.exists(layout.BRIDGE_HEARTBEAT)
+    assert bridge.stats.heartbeat_errors == 1
+    # Redis being down is not a reason to replace the task: the liveness file moved.
+    assert liveness.stat().st_mtime > 0
+    broken.fail_set = False
+    await bridge.close_window()
+    assert await bridge.beat() is True
+    # The window of the missed beat is counted in the next line, not lost.
+    (record,) = lines.records
+    assert record["BridgeWindows"] == 2
+    assert stored_heartbeat(redis_client)["heartbeat_errors"] == 1
+
+
+async def test_an_unwritable_liveness_file_does_not_break_the_bridge(
+    aredis: aioredis.Redis, redis_client: redis.Redis, tmp_path: Any
+) -> None:
+    lines = Lines()
+    bridge = RelayBridge(redis=aredis, invoker=RecordingInvoker(), emit=lines,
+                         liveness_file=str(tmp_path / "no-such-dir" / "relay.alive"))
+    assert await bridge.beat() is True
+    assert len(lines.records) == 1
+    assert redis_client.exists(layout.BRIDGE_HEARTBEAT)
+
+
+async def test_a_window_stuck_past_the_stall_limit_stops_the_liveness_file(
+    aredis: aioredis.Redis, redis_client: redis.Redis, tmp_path: Any
+) -> None:
+    one_subscriber(redis_client, "c0", ["NSE_EQ:1"])
+    liveness = tmp_path / "relay.alive"
+    now = [1000.0]
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    class StuckInvoker(RecordingInvoker):
+        async def invoke(self, payload: dict[str, Any]) -> None:
+            entered.set()
+            await release.wait()
+            await super().invoke(payload)
+
+    invoker = StuckInvoker()
+    bridge = RelayBridge(redis=aredis, invoker=invoker, min_window=0.01, max_window=0.01,
+                         housekeeping_seconds=3600, heartbeat_seconds=3600,
+                         stall_seconds=60, clock=lambda: now[0], liveness_file=str(liveness))
+    bridge.conflator.add(update("NSE_EQ:1", 1, 1.0))
+    async with running(bridge):
+        await asyncio.wait_for(entered.wait(), 5)  # the windower is inside its first window
+        now[0] += 30  # slow, not stuck
+        stale(liveness)
+        await bridge.beat()
+        assert liveness.stat().st_mtime > 0
+        now[0] += 31  # stuck
+        stale(liveness)
+        await bridge.beat()
+        assert liveness.stat().st_mtime == 0
+        assert stored_heartbeat(redis_client)["windows"] == 0  # the status itself is written
+        release.set()
+        await wait_for(lambda: invoker.updates() != [])
+        await wait_for(lambda: not bridge.stalled())
+        await bridge.beat()
+        assert liveness.stat().st_mtime > 0
+
+
+async def test_a_window_whose_redis_calls_fail_is_sent_with_the_next_one(
+    aredis: aioredis.Redis, redis_client: redis.Redis
+) -> None:
+    one_subscriber(redis_client, "c0", ["NSE_EQ:1", "NSE_EQ:2"])
+    broken, invoker = BrokenRedis(aredis), RecordingInvoker()
+    bridge = RelayBridge(redis=broken, invoker=invoker, housekeeping_seconds=3600)
+    bridge.conflator.extend([update("NSE_EQ:1", 1, 10.0), update("NSE_EQ:2", 1, 20.0)])
+    broken.fail_pipeline = True
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await bridge.close_window()
+    assert invoker.payloads == [] and bridge.stats.requeued == 2
+    broken.fail_pipeline = False
+    bridge.conflator.add(update("NSE_EQ:1", 2, 11.0))  # a newer tick wins over the requeued one
+    await bridge.close_window()
+    assert sorted((k, v) for _, k, v, _ in invoker.updates()) == [("NSE_EQ:1", 2),
+                                                                   ("NSE_EQ:2", 1)]
+
+
+@pytest.mark.parametrize(("flag", "printed"), [("true", True), ("false", False)])
+async def test_the_emf_setting_decides_whether_beats_print_metrics(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Any, capsys: pytest.CaptureFixture[str],
+    flag: str, printed: bool,
+) -> None:
+    liveness = tmp_path / "alive"
+    settings = BridgeSettings.from_env({"FANOUT_FUNCTION_NAME": "fn", "REDIS_URL": redis_url,
+                                        "RELAY_EMF_METRICS": flag,
+                                        "LIVENESS_FILE": str(liveness)})
+    assert settings.liveness_file == str(liveness)
+    bridge = build_bridge(settings, invoker=RecordingInvoker())
+    try:
+        assert await bridge.beat()
+    finally:
+        await bridge.close()
+    out = capsys.readouterr().out
+    emf = [orjson.loads(line) for line in out.splitlines() if line.startswith('{"_aws"')]
+    assert len(emf) == (1 if printed else 0)
+    if printed:
+        assert emf[0]["BridgeHeartbeats"] == 1 and emf[0]["service"] == "relay"
+    assert liveness.exists()
+    assert redis_client.exists(layout.BRIDGE_HEARTBEAT)
+
+
+def test_the_liveness_file_defaults_to_tmp() -> None:
+    settings = BridgeSettings.from_env({"FANOUT_FUNCTION_NAME": "fn"})
+    assert settings.liveness_file == "/tmp/relay.alive" and settings.emit_metrics is True

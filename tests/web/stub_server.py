@@ -37,6 +37,7 @@ class StubState:
     prices: dict[str, float] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
     frozen: set[str] = field(default_factory=set)
+    not_carried: set[str] = field(default_factory=set)  # subscribe answers `not_carried`
     ws_open: bool = True
     api_ok: bool = True
     token: str | None = None
@@ -143,13 +144,20 @@ class StubServer:
                     self.state.pings += 1
                     await ws.send_text('{"type":"pong"}')
                 elif message.get("action") == "subscribe":
-                    keys = [k for k in message["keys"] if k in self.state.prices]
+                    refused = [k for k in message["keys"] if k in self.state.not_carried]
+                    keys = [k for k in message["keys"]
+                            if k in self.state.prices and k not in refused]
                     self.state.subscribed.append(list(message["keys"]))
                     self.subscriptions[ws].update(keys)
                     prices = {k: {"ltp": self.state.prices[k], "version": self.state.versions[k]}
                               for k in keys}
-                    await ws.send_bytes(orjson.dumps(
-                        {"type": "snapshot", "prices": prices, "missing": []}))
+                    # Text frames, as API Gateway sends posted UTF-8 (local.apigw.posting).
+                    await ws.send_text(orjson.dumps(
+                        {"type": "snapshot", "prices": prices, "missing": []}).decode())
+                    if refused:  # what functions.ws answers for keys the feed cannot carry
+                        await ws.send_text(orjson.dumps(
+                            {"type": "error", "code": "not_carried", "keys": refused,
+                             "reason": f"not subscribed: {', '.join(refused)}"}).decode())
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:

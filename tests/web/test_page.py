@@ -171,6 +171,26 @@ def test_a_socket_the_server_forgot_reconnects_and_subscribes_again(browser: Any
             context.close()
 
 
+def test_rows_the_feed_cannot_carry_say_so(browser: Any) -> None:
+    with StubServer(KEYS).running() as stub:
+        stub.state.not_carried.update(KEYS[-2:])
+        context = browser.new_context()
+        page = context.new_page()
+        try:
+            page.goto(stub.url + "/")
+            page.wait_for_selector("#connection[data-state='live']")
+            page.wait_for_selector(f"tr[data-instrument-key='{KEYS[-1]}'][data-not-streamed]")
+            marked = page.eval_on_selector_all(
+                "tr[data-not-streamed]", "rows => rows.map(r => r.dataset.instrumentKey)")
+            assert marked == KEYS[-2:]
+            assert page.text_content(
+                f"tr[data-instrument-key='{KEYS[-1]}'] .js-not-streamed") == "not streamed"
+            assert page.locator(".js-not-streamed").count() == 2
+            assert KEYS[-1] in (page.text_content("#notice") or "")
+        finally:
+            context.close()
+
+
 def test_a_socket_silent_in_market_hours_polls_and_reconnects(browser: Any) -> None:
     """Pings still answered, yet nothing else arrives: the page does not stay "live" while
     frozen; after `silenceMs` (market hours forced on) it polls and opens a new socket."""

@@ -109,6 +109,9 @@ async function main() {
       onMessage: (message) => {
         app.counters.messages += 1;
         if (message.type === "error") {
+          if (message.code === "not_carried" && Array.isArray(message.keys)) {
+            view.markNotStreamed(message.keys);
+          }
           view.showNotice(`Server: ${message.reason || "error"}`);
           return;
         }

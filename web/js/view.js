@@ -143,6 +143,21 @@ export class ScreenerView {
     this.note.textContent = parts.length ? `Change is measured from ${parts.join(", ")}.` : "";
   }
 
+  /** Keys the server refused because the feed cannot carry them: say so on their rows. */
+  markNotStreamed(keys) {
+    for (const key of keys) {
+      const row = this.rows.get(key);
+      if (!row) continue;
+      if (row.tr.dataset.notStreamed) continue;
+      row.tr.dataset.notStreamed = "true";
+      row.tr.title = "Not streamed: the feed is at its capacity; this price does not update.";
+      const badge = this.root.createElement("span");
+      badge.className = "name js-not-streamed";
+      badge.textContent = "not streamed";
+      row.symbolText.after(badge);
+    }
+  }
+
   showNotice(text) {
     this.notice.hidden = !text;
     this.notice.textContent = text || "";
