@@ -108,6 +108,7 @@ class ConnectionRegistry:
         self.shards = shards
         self.max_keys = max_keys
         self._lifetime = max_connection_seconds
+        self._bump = redis.register_script(scripts.BUMP)
         self._subscribe = redis.register_script(scripts.SUBSCRIBE)
         self._unsubscribe = redis.register_script(scripts.UNSUBSCRIBE)
         self._remove = redis.register_script(scripts.REMOVE)
@@ -132,7 +133,7 @@ class ConnectionRegistry:
         pipe.zadd(layout.CONNECTIONS, {connection_id: expires})
         pipe.zadd(layout.shard(shard), {connection_id: expires})
         pipe.sadd(layout.SHARDS, shard)
-        pipe.incr(layout.shard_epoch(shard))
+        self._bump(keys=[layout.shard_epoch(shard)], client=pipe)
         pipe.execute()
         return shard
 

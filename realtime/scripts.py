@@ -23,13 +23,30 @@ local function newer(a, b)
 end
 """
 
+# Epoch counters are compared for equality only ("did it move since I read it?"). A counter
+# that a cache wipe reset to nothing must not count up to a value a reader cached before the
+# wipe (it would then never re-read): a missing counter starts at the server's clock in
+# microseconds, far above anything counted since the previous start.
+BUMP_FN = """
+local function bump(key)
+  if redis.call('EXISTS', key) == 1 then return redis.call('INCR', key) end
+  local now = redis.call('TIME')
+  local start = string.format('%d', tonumber(now[1]) * 1000000 + tonumber(now[2]))
+  redis.call('SET', key, start)
+  return start
+end
+"""
+
+# KEYS: an epoch counter. Bumps it (connect's pipeline runs this).
+BUMP = BUMP_FN + "return bump(KEYS[1])"
+
 # KEYS: meta, keys, refs, refs epoch, shard epoch, demand, carried, room, rejected.
 # ARGV: limit, expire_at, control channel, wake message, key...
 # Returns {status, total, {added...}, {refused...}}: status 0 ok, -1 unknown connection, -2
 # over the limit. A key the feed cannot carry (the streamer rejected it, or it is new to the
 # feed and the room the streamer left for viewer demand is used up) is refused, not recorded.
 # A key new to the feed wakes the streamer (a message on the control channel).
-SUBSCRIBE = """
+SUBSCRIBE = BUMP_FN + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, {}, {}} end
 local limit = tonumber(ARGV[1])
 local fresh, seen = {}, {}
@@ -61,8 +78,8 @@ for _, key in ipairs(fresh) do
   end
 end
 if #added > 0 then
-  redis.call('INCR', KEYS[4])
-  redis.call('INCR', KEYS[5])
+  bump(KEYS[4])
+  bump(KEYS[5])
 end
 if wake then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 redis.call('EXPIREAT', KEYS[2], ARGV[2])
@@ -77,7 +94,7 @@ end
 """
 
 # KEYS: keys, refs, refs epoch, shard epoch, demand. ARGV: key... Returns the keys removed.
-UNSUBSCRIBE = _DROP_DEMAND + """
+UNSUBSCRIBE = BUMP_FN + _DROP_DEMAND + """
 local removed = {}
 for i = 1, #ARGV do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
@@ -89,31 +106,31 @@ for i = 1, #ARGV do
   end
 end
 if #removed > 0 then
-  redis.call('INCR', KEYS[3])
-  redis.call('INCR', KEYS[4])
+  bump(KEYS[3])
+  bump(KEYS[4])
 end
 return removed
 """
 
 # KEYS: connections, shard, refs, meta, keys, refs epoch, shard epoch, demand. ARGV:
 # connection id. A carried update of a removed connection is dropped by the next claim.
-REMOVE = _DROP_DEMAND + """
+REMOVE = BUMP_FN + _DROP_DEMAND + """
 local keys = redis.call('HKEYS', KEYS[5])
 for _, key in ipairs(keys) do
   if redis.call('HINCRBY', KEYS[3], key, -1) <= 0 then redis.call('HDEL', KEYS[3], key) end
   drop_demand(KEYS[8], key)
 end
-if #keys > 0 then redis.call('INCR', KEYS[6]) end
+if #keys > 0 then bump(KEYS[6]) end
 redis.call('DEL', KEYS[4], KEYS[5])
 redis.call('ZREM', KEYS[1], ARGV[1])
 local was = redis.call('ZREM', KEYS[2], ARGV[1])
-if was == 1 or #keys > 0 then redis.call('INCR', KEYS[7]) end
+if was == 1 or #keys > 0 then bump(KEYS[7]) end
 return was
 """
 
 # KEYS: keys, shard epoch. ARGV: (key, version) pairs. Raises the floor of still-subscribed
 # keys to their snapshot version; returns how many moved.
-SNAPSHOT = NEWER + """
+SNAPSHOT = BUMP_FN + NEWER + """
 local changed = 0
 for i = 1, #ARGV, 2 do
   local floor = redis.call('HGET', KEYS[1], ARGV[i])
@@ -122,7 +139,7 @@ for i = 1, #ARGV, 2 do
     changed = changed + 1
   end
 end
-if changed > 0 then redis.call('INCR', KEYS[2]) end
+if changed > 0 then bump(KEYS[2]) end
 return changed
 """
 

@@ -19,6 +19,9 @@ Document (the health route and operators read it):
   market_open        whether the streamer's clock says the session is open (STREAMER_MARKET_*;
                      holidays are the scheduler's, and the health route applies them)
   beating_for_s      seconds since this streamer's first beat
+  carried            where the keys come from: streams (named streams read), viewer_keys (keys
+                     viewers subscribe to), lingering (kept in their grace), cache_wipes (times
+                     the cache came back empty and the streams were written back)
 
 Each beat that reaches Redis also prints one CloudWatch EMF line on stdout (namespace
 `LtpStream`, dimension `service=streamer`): `Heartbeats` (1), `Ticks` (since the previous beat),
@@ -116,6 +119,7 @@ class Snapshot:
     redis_buffer: int = 0
     rejected: list[str] = field(default_factory=list)
     market_open: bool = False
+    carried: dict[str, int] = field(default_factory=dict)
 
 
 class Heartbeat:
@@ -178,6 +182,7 @@ class Heartbeat:
             "rejected_sample": snapshot.rejected[:REJECTED_SAMPLE],
             "market_open": snapshot.market_open,
             "beating_for_s": round(self._beating_for, 1),
+            "carried": snapshot.carried,
         }
 
     def market_tick_age(self, document: dict[str, Any]) -> float | None:

@@ -181,7 +181,17 @@ class Streamer:
             redis_buffer=self.sink.buffered,
             rejected=self.rejected,
             market_open=self.market_open(),
+            carried=self._carried(),
         )
+
+    def _carried(self) -> dict[str, int]:
+        desired = self.keysource.current
+        return {
+            "streams": desired.streams if desired else 0,
+            "viewer_keys": desired.demand if desired else 0,
+            "lingering": len(desired.lingering) if desired else 0,
+            "cache_wipes": self.keysource.wipes,
+        }
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> int:

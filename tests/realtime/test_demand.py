@@ -98,3 +98,24 @@ def test_no_room_known_admits_everything(redis_client: redis.Redis) -> None:
     registry.connect("a", meta={})
     result = registry.subscribe("a", [f"NSE_EQ:{i}" for i in range(30)])
     assert len(result.added) == 30 and result.refused == []
+
+
+def test_an_epoch_reset_by_a_wipe_never_counts_back_to_a_value_read_before(
+    redis_client: redis.Redis,
+) -> None:
+    """Readers cache "the epoch I read"; after a flush, a counter starting again from 1 would
+    reach that value after as many changes and a stale cache would look current."""
+    from realtime import keys as layout
+
+    registry = ConnectionRegistry(redis=redis_client, shards=1)
+    registry.connect("a", meta={})
+    registry.subscribe("a", ["NSE_EQ:1"])
+    before = {redis_client.get(layout.shard_epoch(0)), redis_client.get(layout.REFS_EPOCH)}
+    redis_client.flushdb()
+    seen = set()
+    for i in range(5):
+        registry.connect(f"b{i}", meta={})
+        registry.subscribe(f"b{i}", ["NSE_EQ:1", f"NSE_EQ:{i + 2}"])
+        seen |= {redis_client.get(layout.shard_epoch(0)), redis_client.get(layout.REFS_EPOCH)}
+    assert not seen & before
+    assert len({redis_client.get(layout.shard_epoch(0))} | before) == 3

@@ -33,6 +33,7 @@ async def test_a_viewers_key_is_carried_then_dropped_after_the_grace(
             assert result.added == ["NSE_EQ:2885", "IDX_I:13"] and result.refused == []
             await until(lambda: on_wire(sim) == {"IDX_I:13", "NSE_EQ:2885"}, timeout=5)
             await until(lambda: redis_client.get("ltp:NSE_EQ:2885") is not None)
+            await until(lambda: heartbeat(redis_client).get("carried", {}).get("viewer_keys") == 2)
             registry.remove("viewer")  # the page went away; the key lingers, then goes
             redis_client.publish("market_stream:control", "{}")  # re-read now, not in 30 s
             await until(lambda: on_wire(sim) == {"IDX_I:13"})

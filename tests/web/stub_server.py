@@ -75,6 +75,7 @@ class StubServer:
         self.subscriptions: dict[WebSocket, set[str]] = {}
         self.muted: set[WebSocket] = set()
         self.forgotten: set[WebSocket] = set()
+        self.stalled: dict[WebSocket, set[str]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: uvicorn.Server | None = None
         self.thread: threading.Thread | None = None
@@ -228,9 +229,21 @@ class StubServer:
 
         async def _stall() -> None:
             for ws in self.clients:
+                self.stalled[ws] = self.subscriptions[ws]
                 self.subscriptions[ws] = set()
 
         self.call(_stall())
+
+    def resume(self) -> None:
+        """Undo `stall`: the sockets get their keys' updates again."""
+
+        async def _resume() -> None:
+            for ws, keys in self.stalled.items():
+                if ws in self.subscriptions:
+                    self.subscriptions[ws] = keys
+            self.stalled.clear()
+
+        self.call(_resume())
 
     def restore(self) -> None:
         self.state.ws_open = True

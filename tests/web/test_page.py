@@ -191,10 +191,36 @@ def test_rows_the_feed_cannot_carry_say_so(browser: Any) -> None:
             context.close()
 
 
-def test_a_socket_silent_in_market_hours_polls_and_reconnects(browser: Any) -> None:
-    """Pings still answered, yet nothing else arrives: the page does not stay "live" while
-    frozen; after `silenceMs` (market hours forced on) it polls and opens a new socket."""
-    options = {"silenceMs": 1200, "marketHours": "always", "pingIntervalMs": 200}
+def test_a_stalled_socket_in_market_hours_polls_until_prices_flow_again(browser: Any) -> None:
+    """Pings answered, yet no price arrives: after `silenceMs` (market hours forced on) the
+    page probes, says it is not live, and polls; prices on the socket make it live again."""
+    options = {"silenceMs": 1000, "marketHours": "always"}
+    with StubServer(KEYS, options=options).running() as stub:
+        context = browser.new_context()
+        page = context.new_page()
+        try:
+            page.goto(stub.url + "/")
+            page.wait_for_selector("#connection[data-state='live']")
+            pings, polls = stub.state.pings, stub.state.polls
+            stub.stall()
+            page.wait_for_selector("#connection[data-state='polling']")
+            wait_until(lambda: stub.state.pings > pings)  # the probe
+            wait_until(lambda: stub.state.polls > polls + 1)
+            assert stub.state.connects == 1  # the socket is known: no reconnect
+            stub.resume()
+            stub.send([{"key": KEYS[1], "ltp": 4321.5, "version": 10_000}])
+            page.wait_for_selector("#connection[data-state='live']")
+            wait_price(page, KEYS[1], "4321.5")
+        finally:
+            context.close()
+
+
+def test_a_silent_socket_the_server_forgot_is_replaced_without_waiting_for_a_ping(
+    browser: Any,
+) -> None:
+    """After a cache wipe nothing reaches the old socket: the silence probe (not the 4-minute
+    ping) finds out, and a new socket subscribes again."""
+    options = {"silenceMs": 1000, "marketHours": "always"}
     with StubServer(KEYS, options=options).running() as stub:
         context = browser.new_context()
         page = context.new_page()
@@ -202,20 +228,17 @@ def test_a_socket_silent_in_market_hours_polls_and_reconnects(browser: Any) -> N
             page.goto(stub.url + "/")
             page.wait_for_selector("#connection[data-state='live']")
             connects, subscribes = stub.state.connects, len(stub.state.subscribed)
-            polls = page.evaluate("window.screener.counters.polls")
-            stub.stall()
+            stub.forget()
             wait_until(lambda: stub.state.connects > connects, timeout=8)
             wait_until(lambda: len(stub.state.subscribed) > subscribes)
-            wait_until(lambda: page.evaluate("window.screener.counters.polls") > polls)
             page.wait_for_selector("#connection[data-state='live']")
-            stub.send([{"key": KEYS[1], "ltp": 4321.5, "version": 10_000}])
-            wait_price(page, KEYS[1], "4321.5")
         finally:
             context.close()
 
 
 def test_silence_outside_market_hours_is_not_a_fault(browser: Any) -> None:
     options = {"silenceMs": 300, "marketHours": "never", "pingIntervalMs": 200}
+    # tick_every 3600: no price after the snapshot; pings every 200 ms keep the socket busy
     with StubServer(KEYS, options=options, tick_every=3600).running() as stub:
         context = browser.new_context()
         page = context.new_page()

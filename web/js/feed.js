@@ -8,9 +8,11 @@
 //   gets no answer in time means the socket is dead even if the browser still thinks it is open;
 // - reconnects back off exponentially with jitter, so a fleet of pages does not stampede the
 //   500-new-connections-per-second account limit after an outage.
-// A socket can also look healthy and carry nothing (the server side lost track of it, or the
-// relay stalled): during market hours, a live socket silent for `silenceMs` is dropped, which
-// starts the poller and a fresh connection with a fresh subscription.
+// A socket can also look healthy and carry nothing: during market hours, a live socket with no
+// price for `silenceMs` is probed with a ping. A server that lost its registration (its cache
+// was wiped) answers `reconnect`: a fresh socket subscribes again. One that answers `pong`
+// knows the socket, so the prices are stuck further up (or the keys are quiet): the feed says
+// "stalled" and the page polls until prices arrive on the socket again.
 
 export const DEFAULTS = Object.freeze({
   pollIntervalMs: 1500,
@@ -23,7 +25,7 @@ export const DEFAULTS = Object.freeze({
   reconnectMaxMs: 15 * 1000,
   healthyAfterMs: 10 * 1000,
   subscribeChunk: 500,
-  silenceMs: 60 * 1000,
+  silenceMs: 15 * 1000,
   marketHours: "nse", // "nse": Mon-Fri 09:15-15:30 IST (holidays not known here); "always"; "never"
 });
 
@@ -53,6 +55,8 @@ class Session {
     this.pingTimer = null;
     this.pongTimer = null;
     this.watchdog = null;
+    this.stalled = false;
+    this.probedAt = 0;
     this.ws = new WebSocket(url);
     this.ws.onopen = () => this.onOpen();
     this.ws.onmessage = (event) => this.onMessage(event);
@@ -84,7 +88,13 @@ class Session {
       return;
     }
     if (!message || typeof message !== "object") return;
-    if (message.type !== "pong" && message.type !== "error") this.lastDataAt = Date.now();
+    if (message.type !== "pong" && message.type !== "error") {
+      this.lastDataAt = Date.now();
+      if (this.stalled) {
+        this.stalled = false;
+        this.feed.sessionFlowing(this);
+      }
+    }
     if (message.type === "error" && message.code === "reconnect") {
       // The server lost this connection's registration (its cache was reset): nothing will
       // arrive on this socket again, so open a new one and subscribe afresh.
@@ -120,9 +130,15 @@ class Session {
     const { silenceMs, marketHours } = this.feed.options;
     clearInterval(this.watchdog);
     this.watchdog = setInterval(() => {
-      const quiet = Date.now() - this.lastDataAt;
-      if (quiet > silenceMs && marketOpenAt(new Date(), marketHours)) {
-        this.close(4002, `nothing for ${Math.round(quiet / 1000)} s in market hours`);
+      const now = Date.now();
+      if (now - this.lastDataAt <= silenceMs || !marketOpenAt(new Date(now), marketHours)) return;
+      if (now - this.probedAt > silenceMs) {
+        this.probedAt = now;
+        this.ping(); // `reconnect` or no answer closes this socket; `pong` leaves it stalled
+      }
+      if (!this.stalled) {
+        this.stalled = true;
+        this.feed.sessionStalled(this, Math.round((now - this.lastDataAt) / 1000));
       }
     }, Math.max(250, Math.min(5000, silenceMs / 4)));
   }
@@ -286,6 +302,14 @@ export class LiveFeed {
     }, healthyAfterMs);
     this.later(() => this.rotate(session), maxConnectionMs - Math.random() * rotationJitterMs);
     this.setState("live");
+  }
+
+  sessionStalled(session, seconds) {
+    if (session === this.current) this.setState("stalled", `no price for ${seconds} s`);
+  }
+
+  sessionFlowing(session) {
+    if (session === this.current) this.setState("live");
   }
 
   async rotate(session) {
