@@ -43,6 +43,7 @@ LAMBDA_DEPENDENCIES = (
     "mangum",
     "aws-lambda-powertools",
     "websockets",
+    "httpx",  # core.instrument_master streams the scrip master over HTTP
 )
 # Installed without their own dependencies (see the module docstring).
 NO_DEPS_DEPENDENCIES = ("dhanhq",)

@@ -129,6 +129,42 @@ def feed(dhan_token: str) -> Iterator[Feed]:
             rest.close()
 
 
+@pytest.fixture(scope="session")
+def scrip_master() -> Iterator[str]:
+    """Dhan's scrip-master CDN stand-in: data/nse_sample.csv over loopback HTTP (the URL the
+    instrument-master function gets as INSTRUMENT_MASTER_URL)."""
+    import http.server
+    import threading
+
+    from core.instrument_master import SAMPLE_PATH
+
+    body = SAMPLE_PATH.read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            if self.path != "/api-data/api-scrip-master.csv":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/csv")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api-data/api-scrip-master.csv"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 @pytest.fixture(scope="module")
 def cloud(deploy_synth: Synth, moto_url: str, auth_redis: TlsRedis,
           dhan_token: str) -> Iterator[Cloud]:

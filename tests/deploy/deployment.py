@@ -5,6 +5,8 @@ Environments are exactly what `tests.deploy.cloud.resolve_deployables` resolved 
 template, plus `Cloud.aws_environment()` (region, dummy credentials, the moto endpoints, the
 trust bundle, PATH/HOME/LANG, PYTHONPATH) and these additions:
   endpoints      DHAN_API_BASE_URL (the HTTP API's function) -> the REST stand-in,
+                 INSTRUMENT_MASTER_URL (the instrument-master function) -> a loopback
+                 server of data/nse_sample.csv (the template leaves Dhan's CDN the default),
                  DHAN_FEED_URL (the streamer container) -> the feed simulator,
                  AWS_ENDPOINT_URL_LAMBDA (the bridge container) -> the Lambda host of the
                  function its FANOUT_FUNCTION_NAME names (the only function it invokes)
@@ -31,15 +33,17 @@ from tests.deploy.harness import (
 )
 
 ROUTE_SELECTION = "$request.body.action"  # the only one the local gateway implements
+INSTRUMENTS_HANDLER = "functions.instruments.handler"
 CLOCK_OVERRIDES = {"STREAMER_ALWAYS_OPEN": "true"}
 
 
 @dataclass(frozen=True)
 class Services:
-    """Where the feed and DhanHQ REST stand-ins listen."""
+    """Where the feed, DhanHQ REST and scrip-master stand-ins listen."""
 
     feed_url: str
     rest_url: str
+    instruments_url: str = ""  # the scrip master's CSV (Dhan's CDN in AWS)
 
 
 class IdentityMissing(Exception):
@@ -172,6 +176,8 @@ class Deployment:
         env = {**base, **function.env}
         if self.is_http_api(function):
             env["DHAN_API_BASE_URL"] = self.services.rest_url
+        if function.spec.handler == INSTRUMENTS_HANDLER and self.services.instruments_url:
+            env["INSTRUMENT_MASTER_URL"] = self.services.instruments_url
         return env
 
     def is_http_api(self, function: Function) -> bool:

@@ -22,7 +22,9 @@ NSE hours).
 The scheduled stop is the stop schedule's `Target.Input` from the template, with
 `<aws.scheduler.scheduled-time>` filled in as EventBridge Scheduler fills it (the planned time
 of the latest weekday firing; a stop is never skipped whatever the day, so the date decides
-nothing here).
+nothing here). The instrument-master load is invoked the same way, with its schedule's input,
+before the start; its INSTRUMENT_MASTER_URL (Dhan's CDN, the function's default) is the one
+endpoint added for it: a loopback server of data/nse_sample.csv.
 
 CDK's own functions (custom resources, the bucket deployment) are not project code and are not
 run; the walk prints them.
@@ -52,7 +54,7 @@ from urllib.parse import quote
 
 import pytest
 
-from core.names import LIVE_LTP_CHANNEL, ltp_key
+from core.names import INSTRUMENT_SYMBOLS_KEY, LIVE_LTP_CHANNEL, ltp_key
 from realtime.keys import CONNECTIONS
 from tests.deploy.cloud import (
     Cloud,
@@ -62,13 +64,14 @@ from tests.deploy.cloud import (
     resolve_deployables,
     scheduled_time,
 )
-from tests.deploy.deployment import Deployment, Services
+from tests.deploy.deployment import INSTRUMENTS_HANDLER, Deployment, Services
 from tests.deploy.harness import FunctionFailed, Process, StepFailed, http_call, wait_for
 
 pytestmark = [pytest.mark.cdk, pytest.mark.timeout(300)]
 
 KEYS = ["NSE_EQ:2885", "NSE_EQ:1333", "IDX_I:13"]
-NOT_STREAMED = "NSE_EQ:11536"  # answered through the DhanHQ REST fallback
+# In no stream and not in the default watchlist: answered through the DhanHQ REST fallback.
+NOT_STREAMED = "NSE_EQ:990099"
 STREAM = "deploy-walk"
 SCHEDULED_TIME = "<aws.scheduler.scheduled-time>"
 AUTH_FAILURE = re.compile(r"AuthenticationError|\bNOAUTH\b|Authentication required|"
@@ -84,6 +87,7 @@ REDIS_DEPLOYABLES = [
     "functions.ws.message",
     "functions.fanout.handler",
     "functions.schedule.handler",
+    "functions.instruments.handler",
     "container:streamer",
     "container:bridge",
 ]
@@ -210,12 +214,13 @@ def test_the_cache_speaks_tls_only_verified_and_requires_auth(auth_redis: TlsRed
 
 
 @pytest.fixture(scope="module")
-def tokenless(deploy_synth: Synth, cloud: Cloud, feed: Feed,
+def tokenless(deploy_synth: Synth, cloud: Cloud, feed: Feed, scrip_master: str,
               deploy_workdir: Path) -> Iterator[Deployment]:  # fmt: skip
     """Every Redis-talking function's host with REDIS_AUTH_SECRET_ARN removed (no gateway: they
     fail on Redis before anything is posted)."""
     deployment = Deployment(deploy_synth.stack, deploy_synth.template, cloud,
-                            Services(feed.url, feed.rest_url), deploy_workdir / "tokenless")
+                            Services(feed.url, feed.rest_url, scrip_master),
+                            deploy_workdir / "tokenless")  # fmt: skip
     with deployment:
         deployment.deployables = resolved = resolve_deployables(
             deploy_synth.stack, deploy_synth.template, cloud, "http://127.0.0.1:9")
@@ -241,6 +246,8 @@ def _tokenless_event(handler: str, deployment: Deployment) -> dict[str, Any]:
                 "updates": [{"key": "NSE_EQ:2885", "ltp": 2500.5, "version": 1}]}
     if handler == "functions.schedule.handler":
         return {"action": "stop"}
+    if handler == INSTRUMENTS_HANDLER:  # downloads the CSV, then fails on its first write
+        return _event("instruments_schedule.json")
     raise AssertionError(f"no event for {handler}")
 
 
@@ -293,10 +300,12 @@ def test_dropping_the_token_fails(deployable: str, tokenless: Deployment) -> Non
 # --- the walk ---------------------------------------------------------------------------------
 
 
-def test_walk(deploy_synth: Synth, cloud: Cloud, feed: Feed, deploy_workdir: Path) -> None:
+def test_walk(deploy_synth: Synth, cloud: Cloud, feed: Feed, scrip_master: str,
+              deploy_workdir: Path) -> None:  # fmt: skip
     started = time.monotonic()
     deployment = Deployment(deploy_synth.stack, deploy_synth.template, cloud,
-                            Services(feed.url, feed.rest_url), deploy_workdir / "walk")
+                            Services(feed.url, feed.rest_url, scrip_master),
+                            deploy_workdir / "walk")  # fmt: skip
     with deployment, ExitStack() as exits:
         try:
             deployables = deployment.start()
@@ -323,6 +332,28 @@ def test_walk(deploy_synth: Synth, cloud: Cloud, feed: Feed, deploy_workdir: Pat
             return f"status {body['status']}"
 
         walk.run("health: stopped", health_stopped, watch=tails_of(deployment, api.process.name))
+
+        instruments = deployment.host_for_handler(INSTRUMENTS_HANDLER)
+        loads = [s for s in deployables.schedules
+                 if s.target == deployables.by_handler(INSTRUMENTS_HANDLER).spec.logical_id]
+
+        def instruments_loaded() -> str:
+            assert len(loads) == 1, loads
+            schedule = loads[0]
+            text = schedule.input.replace(
+                SCHEDULED_TIME, scheduled_time(schedule.expression, schedule.timezone))
+            assert "<aws.scheduler." not in text, f"unknown context attribute in {text}"
+            result = instruments.invoke(json.loads(text))
+            assert not result.function_error, result.payload
+            summary = result.payload
+            assert summary["rows"] == 52 and summary["attempts"] == 1, summary
+            symbol = redis.hget(INSTRUMENT_SYMBOLS_KEY, KEYS[0])
+            assert symbol == b"RELIANCE", symbol
+            return (f"{schedule.expression} {schedule.timezone}: {summary['rows']} instruments "
+                    f"in {summary['seconds']} s; {KEYS[0]}={symbol.decode()}")
+
+        walk.run("instrument master load (scheduled, before the start)", instruments_loaded,
+                 watch=tails_of(deployment, instruments.process.name))
 
         start_body = json.dumps({"name": STREAM, "keys": KEYS}).encode()
 

@@ -19,6 +19,7 @@ HANDLERS = {
     "functions.ws.message",
     "functions.fanout.handler",
     "functions.schedule.handler",
+    "functions.instruments.handler",
 }
 
 

@@ -21,7 +21,8 @@ def test_schedules_run_in_kolkata_on_weekdays_around_the_session(
     for schedule in synthesized.of_type("AWS::Scheduler::Schedule"):
         props = schedule["Properties"]
         target = props["Target"]
-        assert target["Arn"] == {"Fn::GetAtt": [schedule_fn, "Arn"]}
+        if target["Arn"] != {"Fn::GetAtt": [schedule_fn, "Arn"]}:
+            continue  # the instrument-master load (tests/infra/test_instruments.py)
         payload = json.loads(target["Input"])
         assert payload["scheduledTime"] == "<aws.scheduler.scheduled-time>"
         by_action[payload["action"]] = props
