@@ -37,17 +37,19 @@ the status (the body says it); only Redis being down is a 503.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from datetime import time as clock_time
 from functools import cache
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
 
 from core.messages import IST, loads
-from core.names import HEARTBEAT_KEY
+from core.names import HEARTBEAT_KEY, INSTRUMENT_META_KEY
+from core.redis_client import as_text
 from functions.errors import ScalingError
 from functions.schedule.nse_calendar import load_shipped
 from functions.streams import StreamerService, read_streams, union_size
@@ -259,6 +261,27 @@ def assess(
     return done(HEALTHY, round(age, 3), heartbeat, f"heartbeat {age:.1f} s old", [])
 
 
+def master_part(meta: Mapping[Any, Any]) -> dict[str, Any]:
+    """What the loaded instrument master is; without one, symbols are unknown (nothing else
+    depends on it), which the answer notes without counting it against the status."""
+    if not meta:
+        return {"loaded": False, "note": "no instrument master loaded: prices stream, but "
+                "without symbols and without checking keys against the master"}
+    fields = {as_text(k): as_text(v) for k, v in meta.items()}
+    rows = fields.get("rows", "")
+    return {"loaded": True, "rows": int(rows) if rows.isdigit() else None,
+            "loaded_at": fields.get("loaded_at"), "source": _public(fields.get("source", ""))}
+
+
+def _public(source: str) -> str:
+    """A source URL without credentials or query (a presigned URL must not be published)."""
+    parts = urlsplit(source)
+    if not parts.scheme:
+        return source
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def market_stream_health(
     *,
     redis: Redis,
@@ -289,6 +312,7 @@ def market_stream_health(
     }
 
     answer["websocket_connections"] = connection_count()
+    answer["instrument_master"] = master_part(redis.hgetall(INSTRUMENT_META_KEY))
 
     if service is None:
         answer["streamer_service"] = {"managed": False}

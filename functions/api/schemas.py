@@ -109,6 +109,8 @@ class HealthResponse(BaseModel):
     streams: dict[str, Any]
     websocket_connections: int | None
     streamer_service: dict[str, Any]
+    instrument_master: dict[str, Any] = Field(
+        description="the loaded scrip master (rows, loaded_at, source), or a note that none is")
 
 
 def request_body(model: type[BaseModel], description: str) -> dict[str, Any]:

@@ -439,3 +439,25 @@ def test_a_streamer_open_by_its_own_clock_owes_ticks_outside_the_usual_hours() -
     assert closed["status"] == "healthy" and closed["market_open"] is False
     holiday = health(streamer_beat(HOLIDAY - 5, **quiet), now=HOLIDAY)
     assert holiday["status"] == "healthy" and holiday["market_open"] is False
+
+
+def test_the_answer_notes_a_missing_instrument_master_without_counting_it(
+    make_api: MakeApi, redis_client: redis.Redis
+) -> None:
+    from core.instrument_master import SAMPLE_PATH, load_master
+
+    api = make_api(deps_overrides={"wall_clock": lambda: OPEN})
+    redis_client.set(HEARTBEAT_KEY, streamer_beat(OPEN - 1), ex=60)
+    redis_client.set(BRIDGE_HEARTBEAT, bridge_beat(OPEN - 1), ex=60)
+    body = api.health().json()
+    assert body["status"] == "healthy"
+    assert body["instrument_master"]["loaded"] is False
+    assert "no instrument master" in body["instrument_master"]["note"]
+    load_master(SAMPLE_PATH, redis=redis_client)
+    master = api.health().json()["instrument_master"]
+    assert master["loaded"] is True and master["rows"] == 52
+    assert master["source"].endswith("nse_sample.csv") and master["loaded_at"]
+    redis_client.hset("instruments:meta", "source",
+                      "https://user:pw@example.com:8443/master.csv?X-Amz-Signature=abc")
+    assert api.health().json()["instrument_master"]["source"] == (
+        "https://example.com:8443/master.csv")
