@@ -92,6 +92,7 @@ def test_a_trading_day(deploy_synth: Synth, cloud: Cloud, day_feed: DayFeed,
         deployables = deployment.start()
         walk = Walk()
         redis = cloud.redis.client()
+        redis.flushall()  # the session's cache: the day starts empty, whatever ran before
         api = deployment.api
         task = ("container-streamer", "container-bridge")
         everything = (api.process.name, *task, deployment.fanout_host().process.name)
