@@ -34,7 +34,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
-from infra.streamer_service import METRICS_NAMESPACE
+from core.emf import METRICS_NAMESPACE
 
 HEARTBEAT_METRIC = "Heartbeats"
 LAST_TICK_AGE_METRIC = "LastTickAgeSeconds"

@@ -31,6 +31,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from core.emf import METRICS_NAMESPACE
 from infra.bundling import REPO_ROOT, default_plan, lambda_code
 from infra.cache import Cache
 from infra.fanout import Fanout
@@ -41,7 +42,7 @@ from infra.nag import acknowledge_findings
 from infra.network import Network
 from infra.schedule import MarketSchedule
 from infra.settings import DeploySettings
-from infra.streamer_service import METRICS_NAMESPACE, StreamerService
+from infra.streamer_service import StreamerService
 from infra.web import WebHosting
 from infra.websocket_api import WebSocketApi
 

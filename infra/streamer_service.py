@@ -30,7 +30,6 @@ from constructs import Construct
 
 from core import liveness
 
-METRICS_NAMESPACE = "LtpStream"
 STREAMER_COMMAND = ["python", "-m", "streamer"]
 BRIDGE_COMMAND = ["python", "-m", "relay"]
 # The containers' default LIVENESS_FILE (the template does not set it); the check's command

@@ -5,8 +5,7 @@ market, whose windows carry nothing, beats like a busy one):
   1. the status (`realtime.contracts.BridgeStatus`) goes to `ws:bridge:heartbeat` (TTL 60 s):
      time (epoch s), windows, invocations, invoke_errors, requeued, reader_errors, ...;
   2. when that write succeeded, one CloudWatch Embedded Metric Format line on stdout,
-     namespace `LtpStream` (the streamer's, `streamer.heartbeat.METRICS_NAMESPACE`: the
-     deployables never import each other, so it is mirrored here), dimension `service=relay`:
+     namespace `LtpStream` (`core.emf`, the streamer's too), dimension `service=relay`:
        BridgeHeartbeats      Count    1 per beat (the bridge's stale-heartbeat alarm keys on it)
        BridgeWindows         Count    windows closed since the previous line
        BridgeInvocations     Count    fan-out invokes made since the previous line
@@ -29,13 +28,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core import liveness
-from core.messages import dumps
+from core import emf, liveness
 
 log = logging.getLogger(__name__)
 
-METRICS_NAMESPACE = "LtpStream"  # mirrors streamer.heartbeat.METRICS_NAMESPACE
-METRICS_DIMENSIONS = {"service": "relay"}
+METRICS_SERVICE = "relay"
 HEARTBEAT_METRIC = "BridgeHeartbeats"
 DEFAULT_LIVENESS_FILE = liveness.RELAY_LIVENESS_FILE
 # A window's Redis calls time out after 10 s and its invokes after 2 x (2 + 5) s: a window
@@ -57,27 +54,12 @@ def counters(status: Mapping[str, Any]) -> dict[str, int]:
 def emf_line(status: Mapping[str, Any], *, previous: Mapping[str, int],
              timestamp_ms: int) -> bytes:
     """One EMF record for a beat; `previous` holds the counters of the last line emitted."""
-    metrics: dict[str, Any] = {HEARTBEAT_METRIC: 1}
-    definitions = [{"Name": HEARTBEAT_METRIC, "Unit": "Count"}]
+    metrics: dict[str, tuple[float, str]] = {HEARTBEAT_METRIC: (1, "Count")}
     for field, name in COUNTERS.items():
-        metrics[name] = max(int(status[field]) - previous.get(field, 0), 0)
-        definitions.append({"Name": name, "Unit": "Count"})
-    metrics["BridgeWindowSeconds"] = float(status["window_seconds"])
-    definitions.append({"Name": "BridgeWindowSeconds", "Unit": "Seconds"})
-    record = {
-        "_aws": {
-            "Timestamp": timestamp_ms,
-            "CloudWatchMetrics": [{
-                "Namespace": METRICS_NAMESPACE,
-                "Dimensions": [list(METRICS_DIMENSIONS)],
-                "Metrics": definitions,
-            }],
-        },
-        **METRICS_DIMENSIONS,
-        **metrics,
-        "subscribed": status.get("subscribed"),
-    }
-    return dumps(record) + b"\n"
+        metrics[name] = (max(int(status[field]) - previous.get(field, 0), 0), "Count")
+    metrics["BridgeWindowSeconds"] = (float(status["window_seconds"]), "Seconds")
+    return emf.emf_line(metrics, service=METRICS_SERVICE, timestamp_ms=timestamp_ms,
+                        properties={"subscribed": status.get("subscribed")})
 
 
 def emf_to_stdout(line: bytes) -> None:

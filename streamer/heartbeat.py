@@ -52,7 +52,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core import liveness
+from core import emf, liveness
 from core.messages import dumps, utc_now_iso
 from core.names import HEARTBEAT_KEY, HEARTBEAT_TTL_SECONDS
 from streamer.aio import raise_if_cancelled
@@ -60,8 +60,7 @@ from streamer.aio import raise_if_cancelled
 log = logging.getLogger(__name__)
 
 REJECTED_SAMPLE = 20
-METRICS_NAMESPACE = "LtpStream"
-METRICS_DIMENSIONS = {"service": "streamer"}
+METRICS_SERVICE = "streamer"
 
 
 def emf_line(
@@ -73,30 +72,16 @@ def emf_line(
 ) -> bytes:
     """One CloudWatch Embedded Metric Format record for a beat; `market_tick_age` only while
     the market is open (see the module docstring)."""
-    metrics: dict[str, Any] = {"Heartbeats": 1, "Ticks": ticks}
-    definitions = [{"Name": "Heartbeats", "Unit": "Count"}, {"Name": "Ticks", "Unit": "Count"}]
+    metrics: dict[str, tuple[float, str]] = {"Heartbeats": (1, "Count"),
+                                             "Ticks": (ticks, "Count")}
     age = document.get("last_tick_age_s")
     if age is not None:
-        metrics["LastTickAgeSeconds"] = age
-        definitions.append({"Name": "LastTickAgeSeconds", "Unit": "Seconds"})
+        metrics["LastTickAgeSeconds"] = (age, "Seconds")
     if market_tick_age is not None:
-        metrics["MarketTickAgeSeconds"] = market_tick_age
-        definitions.append({"Name": "MarketTickAgeSeconds", "Unit": "Seconds"})
-    record = {
-        "_aws": {
-            "Timestamp": timestamp_ms,
-            "CloudWatchMetrics": [{
-                "Namespace": METRICS_NAMESPACE,
-                "Dimensions": [list(METRICS_DIMENSIONS)],
-                "Metrics": definitions,
-            }],
-        },
-        **METRICS_DIMENSIONS,
-        **metrics,
-        "instance_id": document.get("instance_id"),
-        "state": document.get("state"),
-    }
-    return dumps(record) + b"\n"
+        metrics["MarketTickAgeSeconds"] = (market_tick_age, "Seconds")
+    return emf.emf_line(metrics, service=METRICS_SERVICE, timestamp_ms=timestamp_ms,
+                        properties={"instance_id": document.get("instance_id"),
+                                    "state": document.get("state")})
 
 
 def emf_to_stdout(line: bytes) -> None:
