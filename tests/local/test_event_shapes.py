@@ -321,9 +321,18 @@ def check_by_name(name: str, event: Mapping[str, Any]) -> None:
         check_disconnect(event)
     elif name.startswith("ws_message_"):
         check_message(event)
+    elif name.endswith("_schedule.json"):
+        check_schedule_input(event)
     else:
         raise AssertionError(f"{name}: no model for this name (http_*, ws_authorizer*, "
-                             "ws_connect*, ws_disconnect*, ws_message_*)")
+                             "ws_connect*, ws_disconnect*, ws_message_*, *_schedule)")
+
+
+def check_schedule_input(event: Mapping[str, Any]) -> None:
+    """EventBridge Scheduler delivers the template's own `Target.Input`, with
+    `<aws.scheduler.scheduled-time>` replaced by the planned time in UTC."""
+    assert isinstance(event, dict) and "<aws.scheduler." not in json.dumps(event)
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", event["scheduledTime"]), event
 
 
 # --- the checks themselves catch drift ----------------------------------------------------------
