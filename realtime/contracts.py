@@ -12,7 +12,7 @@ Versions: per key and strictly increasing (the streamer's wall clock in microsec
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from core.messages import Update
 
@@ -25,6 +25,9 @@ class FanoutPayload(TypedDict):
     window: int  # the bridge's window sequence number
     published_at: float  # epoch seconds when the window closed
     updates: list[Update]  # newest per key, only keys some connection of the shard wants
+    # Keys the shard's connections want that the feed no longer carries: each subscriber is
+    # told (`not_carried`) and unsubscribed from them.
+    not_carried: NotRequired[list[str]]
 
 
 class SnapshotPrice(TypedDict, total=False):

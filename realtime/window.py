@@ -117,16 +117,23 @@ def fold_payloads(older: FanoutPayload, newer: FanoutPayload) -> FanoutPayload:
 def plan_window(window: Mapping[str, Update], refs: Mapping[int, Mapping[str, int]], *,
                 sequence: int, published_at: float, pending: Set[int] = frozenset(),
                 housekeeping: bool = False, max_bytes: int = MAX_PAYLOAD_BYTES,
-                sizes: Mapping[str, int] | None = None) -> list[FanoutPayload]:
+                sizes: Mapping[str, int] | None = None,
+                refused: Mapping[int, list[str]] | None = None) -> list[FanoutPayload]:
     """The fan-out payloads of one window: per shard the window's updates its connections
-    want; a shard with nothing new is skipped unless it holds carried updates (`pending`) or
-    this is a housekeeping window (every shard sweeps its expired connections)."""
+    want; a shard with nothing new is skipped unless it holds carried updates (`pending`),
+    wanted keys the feed refused (`refused`, sent in the shard's first payload), or this is a
+    housekeeping window (every shard sweeps its expired connections)."""
+    refused = refused or {}
     payloads: list[FanoutPayload] = []
-    for shard in sorted(set(refs) | set(pending)):
+    for shard in sorted(set(refs) | set(pending) | set(refused)):
         wanted = refs.get(shard, {})
         updates = [window[k] for k in window.keys() & wanted.keys()]
-        if not updates and shard not in pending and not housekeeping:
+        lost = refused.get(shard)
+        if not updates and not lost and shard not in pending and not housekeeping:
             continue
         base = {"shard": shard, "window": sequence, "published_at": published_at}
-        payloads.extend(split_payloads(base, updates, max_bytes=max_bytes, sizes=sizes))
+        parts = split_payloads(base, updates, max_bytes=max_bytes, sizes=sizes)
+        if lost:
+            parts[0]["not_carried"] = lost
+        payloads.extend(parts)
     return payloads

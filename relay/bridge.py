@@ -4,7 +4,8 @@ A reader task SUBSCRIBEs to `live_ltp_updates` and feeds a `realtime.window.Conf
 window's end the windower
   1. writes the window's values to `ws:latest` and only then reads which keys each shard's
      connections want (`realtime.directory`: no tick falls between snapshot and stream),
-  2. invokes one fan-out per shard that needs one (`realtime.window.plan_window`),
+  2. invokes one fan-out per shard that needs one (`realtime.window.plan_window`), naming the
+     wanted keys the feed no longer carries, whose subscribers the fan-out tells,
   3. picks the next window so that the expected PostToConnection rate stays under the budget.
 A window whose Redis calls fail goes back into the conflator, and so do the updates of a failed
 invoke: the next window sends them unless a newer tick of the key replaced them.
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 # How often every shard is invoked even without updates (sweeps expired connections).
 HOUSEKEEPING_SECONDS = 60.0
 HEARTBEAT_SECONDS = 10.0
+# A dropped key is announced to a shard once, and again after this long if its subscribers are
+# still there (the fan-out's post or unsubscribe failed): not once per window until it lands.
+REANNOUNCE_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -116,6 +120,7 @@ class RelayBridge:
         self._emitted = dict.fromkeys(heartbeat.COUNTERS, 0)  # counters of the last EMF line
         self._window_started: float | None = None  # clock() while a window is closing
         self._resync_needed = False
+        self._announced: dict[tuple[int, str], float] = {}  # (shard, dropped key) -> when
         self.subscribed = asyncio.Event()
 
     @property
@@ -256,7 +261,8 @@ class RelayBridge:
         payloads = plan_window(window, demand.refs, sequence=self._sequence, published_at=now,
                                pending=pending, housekeeping=housekeeping,
                                max_bytes=self._max_payload,
-                               sizes={k: len(v) for k, v in encoded.items()})
+                               sizes={k: len(v) for k, v in encoded.items()},
+                               refused=self._to_announce(demand.refused(), now))
         results = await asyncio.gather(*(self._invoker.invoke(p) for p in payloads),
                                        return_exceptions=True)
         for payload, result in zip(payloads, results, strict=True):
@@ -286,6 +292,18 @@ class RelayBridge:
             if maybe is not None:
                 await maybe
         return payloads
+
+    def _to_announce(self, refused: Mapping[int, list[str]], now: float) -> dict[int, list[str]]:
+        """The dropped keys not announced to their shard in the last `REANNOUNCE_SECONDS`."""
+        self._announced = {k: t for k, t in self._announced.items()
+                           if now - t < REANNOUNCE_SECONDS}
+        due: dict[int, list[str]] = {}
+        for shard, keys in refused.items():
+            fresh = [k for k in keys if (shard, k) not in self._announced]
+            if fresh:
+                due[shard] = fresh
+                self._announced.update(((shard, k), now) for k in fresh)
+        return due
 
     def _requeue(self, updates: Iterable[Mapping[str, Any]]) -> None:
         for update in updates:

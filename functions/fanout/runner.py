@@ -20,6 +20,11 @@ the same version) and the rest is deferred. Only Redis failing between the claim
 settle can still lose the window for the shard; then the invocation raises, and its event (with
 its updates) is what the failure queue keeps.
 
+Keys the payload names as `not_carried` (the feed dropped them while connections of the shard
+want them) are refused the way a subscribe refuses them: each such connection gets one
+`not_carried` error naming its keys and, once that post is through, is unsubscribed from them
+(a failed post leaves the subscription, so the bridge's next announcement tries again).
+
 Who wants what is cached per shard and re-read only when the shard's epoch (bumped by every
 subscribe, unsubscribe, snapshot and removal in the same script) moved, or every 30 s: a warm
 Lambda container reads the subscriptions once, not on every window.
@@ -42,6 +47,7 @@ import orjson
 from core.backoff import Backoff
 from core.messages import Update, loads, utc_now_iso
 from functions.ws.management import ManagementApi, PostOutcome, post
+from functions.ws.protocol import not_carried_message
 from realtime.contracts import FanoutPayload
 from realtime.delivery import index_window, pack_messages, route, still_wanted
 from realtime.registry import ConnectionRegistry, ShardClaim
@@ -75,6 +81,7 @@ class FanoutResult:
     failed: int = 0  # recipients whose post failed this window
     unsent: int = 0  # recipients not (fully) posted to: out of time, or given up in flight
     swept: int = 0
+    not_carried: int = 0  # connections told and unsubscribed from keys the feed dropped
     duration: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -93,6 +100,7 @@ class _Delivery:
     throttled: int = 0
     retried_ok: int = 0
     error: BaseException | None = None  # what a post raised that is not an AWS error
+    unsubscribe: list[str] = field(default_factory=list)  # a not_carried notice's keys
     # Set under Fanout._lock: a worker finishing a delivery or the settle giving up on it.
     finished: bool = False
     abandoned: bool = False
@@ -147,7 +155,8 @@ class Fanout:
         window = index_window(payload.get("updates") or [])
         claim = self._registry.claim(shard, {k: u["version"] for k, u in window.items()})
         # From here on, what the claim took is this invocation's to deliver or defer.
-        deliveries = self._plan(shard, window, claim, result)
+        deliveries = self._plan(shard, window, claim, result,
+                                lost=payload.get("not_carried") or [])
         unexpected: BaseException | None = None
         try:
             self._post(deliveries, started, stop_at)
@@ -162,7 +171,7 @@ class Fanout:
         return result
 
     def _plan(self, shard: int, window: Mapping[str, Update], claim: ShardClaim,
-              result: FanoutResult) -> list[_Delivery]:
+              result: FanoutResult, *, lost: Sequence[str]) -> list[_Delivery]:
         view = self._view(shard, claim.epoch)
         result.connections = len(view.keys)
         encoded = {key: orjson.dumps(window[key]) for key in claim.fresh}
@@ -177,7 +186,20 @@ class Fanout:
         deliveries = [_Delivery(cid, pack_messages(items, timestamp=timestamp, max_bytes=limit),
                                 items) for cid, items in routed.items()]
         result.recipients = len(deliveries)
-        return deliveries
+        return deliveries + self._notices(view, lost)
+
+    @staticmethod
+    def _notices(view: ShardView, lost: Sequence[str]) -> list[_Delivery]:
+        if not lost:
+            return []
+        dropped = frozenset(lost)
+        notices = []
+        for cid, wanted in view.keys.items():
+            keys = sorted(wanted & dropped)
+            if keys:
+                notices.append(_Delivery(cid, [orjson.dumps(not_carried_message(keys))], [],
+                                         unsubscribe=keys))
+        return notices
 
     def _post(self, deliveries: Sequence[_Delivery], started: float,
               stop_at: float | None) -> None:
@@ -301,10 +323,21 @@ class Fanout:
                 # Messages already delivered keep theirs; the rest is carried forward. Which
                 # message failed is not tracked, so all of this window's updates are: a
                 # duplicate of the same version is harmless, a lost one is not.
-                failed[delivery.connection_id] = [loads(raw) for raw in delivery.items]
+                if delivery.items:  # a not_carried notice carries no updates
+                    failed[delivery.connection_id] = [loads(raw) for raw in delivery.items]
         if failed:
             result.deferred = self._registry.defer(failed, shard=shard)
-        for connection_id in gone:
+        for delivery in deliveries:
+            if delivery.unsubscribe and delivery.outcome is PostOutcome.SENT:
+                try:
+                    self._registry.unsubscribe(delivery.connection_id, delivery.unsubscribe)
+                except Exception as exc:  # noqa: BLE001 - the bridge announces the keys again
+                    log.warning("%s not unsubscribed from dropped keys (%s)",
+                                delivery.connection_id, exc)
+                    result.errors.append(f"{delivery.connection_id}: not unsubscribed: {exc}")
+                else:
+                    result.not_carried += 1
+        for connection_id in dict.fromkeys(gone):  # a notice and an update may both say 410
             try:
                 self._registry.remove(connection_id, shard=shard)
             except Exception as exc:  # noqa: BLE001 - its next post answers 410 again
