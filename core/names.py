@@ -33,6 +33,13 @@ Viewer demand (written by `realtime`'s scripts, read by the streamer; see stream
 A subscribe that adds a key the streamer does not carry yet publishes
 {"type": "demand_changed"} on market_stream:control, so the feed takes it within a second.
 
+DhanHQ token renewal (functions.token; the access token itself lives only in the secret):
+  dhan:token:status             JSON: the token's expiry, the last renewal run's result and
+                                when; read by health (TTL 3 days)
+  dhan:token:renew_lock         held by one renewal run at a time (PX, owner-checked release)
+A renewal publishes {"type": "token_renewed", "version_id": ...} on market_stream:control, so
+the streamer switches to the new secret version at once instead of at its next poll.
+
 The real-time path's keys (`ws:*`: the connection registry, the shard directory, the bridge's
 `ws:latest` and heartbeat) are named and documented in `realtime.keys`, their one owner.
 """
@@ -67,6 +74,10 @@ CARRIAGE_TTL_SECONDS = 120
 DEMAND_CHANGED = "demand_changed"
 
 DHAN_REST_RATELIMIT_KEY = "dhan:rest:ratelimit"
+TOKEN_STATUS_KEY = "dhan:token:status"
+TOKEN_STATUS_TTL_SECONDS = 3 * 86400
+TOKEN_RENEW_LOCK_KEY = "dhan:token:renew_lock"
+TOKEN_RENEWED = "token_renewed"
 # Not under STREAM_PREFIX on purpose: a SCAN of websocket_stream:* must see only streams.
 STREAM_REGISTRY_LOCK_KEY = "market_stream:registry_lock"
 

@@ -80,8 +80,14 @@ class TokenKeeper:
         self._on_new = on_new
         self._current: Credentials | None = None
         self._lock = asyncio.Lock()
+        self._listeners: list[Callable[[Credentials], None]] = []
         self.generation = 0
         self.refreshes = 0
+        self.changes = 0  # re-reads that found other credentials
+
+    def add_listener(self, listener: Callable[[Credentials], None]) -> None:
+        """Called with the new credentials whenever a re-read finds different ones."""
+        self._listeners.append(listener)
 
     @property
     def current(self) -> Credentials | None:
@@ -101,10 +107,15 @@ class TokenKeeper:
                 self.refreshes += 1
                 if self._on_new is not None:
                     self._on_new(fresh)
+                changed = self._current is not None and fresh != self._current
                 if fresh != self._current:
                     log.info("DhanHQ credentials (re)loaded")
                 self._current = fresh
                 self.generation += 1
+                if changed:
+                    self.changes += 1
+                    for listener in self._listeners:
+                        listener(fresh)
             return self._current
 
 
@@ -182,6 +193,35 @@ class FeedConnection:
         self._desired = tuple(keys)
         self._changed.set()
 
+    @property
+    def session_credentials(self) -> Credentials | None:
+        """The credentials the current (or last) session connected with."""
+        return self._session_credentials
+
+    def wake(self) -> None:
+        """Cut a backoff wait short (new credentials are worth trying at once)."""
+        if self.state is State.BACKOFF:
+            self._wake.set()
+
+    async def switch(self, timeout: float = 15.0) -> bool:
+        """Reconnect now with the keeper's current credentials, unless this session already
+        uses them; returns once connected again (False: not within `timeout`). The session's
+        end is no failure: no backoff, nothing counted against the feed."""
+        ws = self._ws
+        if ws is None or self._session_credentials == self._tokens.current:
+            return True
+        self._session_failure = Failure(Kind.SWITCH, detail="token renewed")
+        with contextlib.suppress(OSError, TimeoutError):
+            await ws.close(code=1000, reason="token renewed")
+        deadline = self._clock() + timeout
+        while self._clock() < deadline and not self._closing:
+            if self.state is State.CONNECTED and self._ws is not ws:
+                return True
+            if self.state is State.STOPPED:
+                return False
+            await asyncio.sleep(0.01)
+        return False
+
     async def close(self) -> None:
         """Leave politely: RequestCode 12, then the WebSocket close. `run` then returns."""
         self._closing = True
@@ -218,6 +258,9 @@ class FeedConnection:
                 if self._closing:
                     break
                 verdict = classify(failure)
+                if verdict.action is Action.RECONNECT:
+                    self.reconnects += 1
+                    continue
                 self._record(verdict)
                 if verdict.action is Action.RECHECK and not await self._token_changed():
                     verdict = Verdict(Action.STOP, verdict.failure)

@@ -13,6 +13,8 @@ disconnect 805, handshake HTTP 429             BACKOFF_LONG   too many connectio
 other disconnect codes, handshake 5xx/4xx,     RETRY          transient: reconnect with backoff
 closed socket, silence while open, network
 bad feed URL                                   STOP           configuration: fix and restart
+closed by us for a renewed token               RECONNECT      at once, with the new token (no
+                                                              backoff: this is no failure)
 
 Reason texts follow DhanHQ's annexure (808 authentication failed, 809 token invalid; the SDK
 prints those two the other way round).
@@ -30,6 +32,7 @@ class Action(enum.Enum):
     RECHECK = "recheck"  # re-read the token; STOP unless it changed
     BACKOFF_LONG = "backoff_long"
     RETRY = "retry"
+    RECONNECT = "reconnect"  # at once: we closed it ourselves to switch tokens
 
 
 class Kind(enum.Enum):
@@ -39,6 +42,7 @@ class Kind(enum.Enum):
     SILENCE = "silence"  # no data for the silence timeout while the market is open
     NETWORK = "network"  # DNS, TCP, TLS, timeouts
     CONFIG = "config"  # the feed URL itself is unusable
+    SWITCH = "switch"  # closed by us to reconnect with a renewed token
     OTHER = "other"  # anything else we did not foresee
 
 
@@ -115,6 +119,8 @@ def classify(failure: Failure) -> Verdict:
             action = Action.RETRY
     elif failure.kind is Kind.CONFIG:
         action = Action.STOP
+    elif failure.kind is Kind.SWITCH:
+        action = Action.RECONNECT
     else:
         action = Action.RETRY
     return Verdict(action, failure)

@@ -105,6 +105,7 @@ class Snapshot:
     rejected: list[str] = field(default_factory=list)
     market_open: bool = False
     carried: dict[str, int] = field(default_factory=dict)
+    token: dict[str, Any] = field(default_factory=dict)
 
 
 class Heartbeat:
@@ -168,6 +169,7 @@ class Heartbeat:
             "market_open": snapshot.market_open,
             "beating_for_s": round(self._beating_for, 1),
             "carried": snapshot.carried,
+            "token": snapshot.token,
         }
 
     def market_tick_age(self, document: dict[str, Any]) -> float | None:

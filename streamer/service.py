@@ -28,8 +28,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from core.backoff import Backoff
+from core.dhan_token import token_expiry
 from streamer.coalescer import Coalescer
-from streamer.connection import FeedConnection, TokenKeeper
+from streamer.connection import FeedConnection, State, TokenKeeper
 from streamer.errors import LeaseLostError
 from streamer.heartbeat import Heartbeat, Snapshot, emf_to_stdout
 from streamer.keysource import DesiredKeys, KeySource
@@ -37,6 +38,7 @@ from streamer.lease import Lease
 from streamer.planner import EMPTY_ASSIGNMENT, Assignment, assign
 from streamer.settings import Credentials, CredentialSource, Settings
 from streamer.sink import RedisSink
+from streamer.tokenwatch import TokenWatcher
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,10 @@ class Streamer:
         self._backoff_rng = backoff_rng
         self.coalescer = Coalescer()
         self.tokens = TokenKeeper(credentials, on_new=on_credentials)
+        self.tokens.add_listener(self._wake_connections)
+        self.tokenwatch = TokenWatcher(redis=redis, tokens=self.tokens,
+                                       switch=self.switch_token, poll=s.token_poll)
+        self.token_switches = 0
         self.sink = RedisSink(redis=redis, coalescer=self.coalescer, interval=s.flush_interval,
                               buffer_max=s.buffer_max)
         self.lease = Lease(redis=redis, owner=s.instance_id, ttl=s.lease_ttl)
@@ -130,6 +136,40 @@ class Streamer:
                 self._retiring.add(retire)
                 retire.add_done_callback(self._retiring.discard)
 
+    def _wake_connections(self, _credentials: Credentials) -> None:
+        # A connection backing off after 807 (its token died with the renewal) tries the new
+        # token now instead of at the end of its backoff.
+        for connection in self.connections.values():
+            connection.wake()
+
+    async def switch_token(self) -> int:
+        """Reconnect each connection still on another token with the current one, one at a
+        time (at most one connection is between sockets at any moment); returns how many."""
+        current = self.tokens.current
+        switched = 0
+        for index in sorted(self.connections):
+            connection = self.connections.get(index)
+            if (connection is None or self.stopping or connection.state is not State.CONNECTED
+                    or connection.session_credentials == current):
+                continue  # one between sockets takes the current token when it reconnects
+            log.info("feed connection %d: reconnecting with the renewed token", index)
+            switched += 1
+            if not await connection.switch():
+                log.warning("feed connection %d did not reconnect with the renewed token in "
+                            "time; it keeps retrying on its own", index)
+        self.token_switches += switched
+        return switched
+
+    def _token_status(self) -> dict[str, Any]:
+        current = self.tokens.current
+        expiry = token_expiry(current.access_token.value) if current else None
+        return {
+            "expires_at": expiry,
+            "seconds_left": None if expiry is None else round(expiry - self._now().timestamp()),
+            "changes": self.tokens.changes,
+            "switches": self.token_switches,
+        }
+
     def _new_connection(self, index: int) -> FeedConnection:
         s = self.settings
         backoff = Backoff(base=s.backoff_base, cap=s.backoff_max, long_floor=s.backoff_long,
@@ -182,6 +222,7 @@ class Streamer:
             rejected=self.rejected,
             market_open=self.market_open(),
             carried=self._carried(),
+            token=self._token_status(),
         )
 
     def _carried(self) -> dict[str, int]:
@@ -207,6 +248,7 @@ class Streamer:
             self._tg = tg
             background = [
                 self._spawn(tg, self.keysource.run(), "keysource"),
+                self._spawn(tg, self.tokenwatch.run(), "tokenwatch"),
                 self._spawn(tg, self.heartbeat.run(), "heartbeat"),
                 self._spawn(tg, self._keep_lease(), "lease"),
                 self._spawn(tg, self._stop_after_close(), "market-close"),

@@ -28,6 +28,7 @@
 | STREAMER_LEASE_TTL_S            | 15                        | single-writer lease lifetime     |
 | STREAMER_KEYS_REFRESH_S         | 5                         | safety-net re-read of streams    |
 | STREAMER_DEMAND_GRACE_S         | 300                       | keep a key nobody watches        |
+| STREAMER_TOKEN_POLL_S           | 300                       | re-read the token (renewals)     |
 | STREAMER_BUFFER_MAX             | 50000                     | keys kept while Redis is down    |
 | STREAMER_LOG_LEVEL              | INFO                      |                                  |
 | STREAMER_EMF_METRICS            | true                      | CloudWatch EMF line per heartbeat|
@@ -158,6 +159,7 @@ class Settings:
     lease_ttl: float = 15.0
     keys_refresh: float = 5.0
     demand_grace: float = 300.0
+    token_poll: float = 300.0
     buffer_max: int = 50_000
     log_level: str = "INFO"
     emit_metrics: bool = True
@@ -243,6 +245,7 @@ def load_settings(
         lease_ttl=env.number("STREAMER_LEASE_TTL_S", 15, minimum=0.1),
         keys_refresh=env.number("STREAMER_KEYS_REFRESH_S", 5, minimum=0.01),
         demand_grace=env.number("STREAMER_DEMAND_GRACE_S", 300, minimum=0),
+        token_poll=env.number("STREAMER_TOKEN_POLL_S", 300, minimum=0.01),
         buffer_max=env.integer("STREAMER_BUFFER_MAX", 50_000, minimum=1),
         log_level=level,
         emit_metrics=env.flag("STREAMER_EMF_METRICS", True),
