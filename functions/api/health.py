@@ -18,7 +18,12 @@ Status, worst first:
             - the relay bridge heartbeat (`ws:bridge:heartbeat`, written every ~10 s, TTL 60 s)
               is missing or older than `HEALTH_BRIDGE_STALE_SECONDS` (default 45 s): prices
               reach Redis but no browser
+            - the DhanHQ access token has expired (from the streamer's heartbeat `token`, else
+              the renewal job's `dhan:token:status`): the feed refuses it from then on
   healthy   none of the above
+The answer's `token` says when the token expires and how long it has left, what the last
+renewal run did (`functions.token`), and a `warning` once less than `TOKEN_WARN_SECONDS` (6 h,
+the alarm's threshold) is left.
 With a 10 s streamer heartbeat a feed that goes quiet in market hours turns the answer
 degraded within the tick threshold (30 s) of its last tick, a dead streamer turns it stale
 within 45 s, a dead bridge degraded within 45 s; each returns to healthy with the first
@@ -48,7 +53,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis import Redis
 
 from core.messages import IST, loads
-from core.names import HEARTBEAT_KEY, INSTRUMENT_META_KEY
+from core.names import HEARTBEAT_KEY, INSTRUMENT_META_KEY, TOKEN_STATUS_KEY
 from core.redis_client import as_text
 from functions.errors import ScalingError
 from functions.schedule.nse_calendar import load_shipped
@@ -261,6 +266,42 @@ def assess(
     return done(HEALTHY, round(age, 3), heartbeat, f"heartbeat {age:.1f} s old", [])
 
 
+TOKEN_WARN_SECONDS = 6 * 3600.0
+
+
+def token_part(heartbeat: Any, status_raw: bytes | str | None, *,
+               now: float) -> tuple[dict[str, Any], str | None]:
+    """The answer's `token` and, once the token has expired, the reason to degrade. The
+    streamer's heartbeat knows the token in use; the renewal job's status the one in the
+    secret and how its last run went."""
+    status = _document(status_raw) or {}
+    used = heartbeat.get("token") if isinstance(heartbeat, dict) else None
+    expires_at = _number(used.get("expires_at")) if isinstance(used, dict) else None
+    if expires_at is None:
+        expires_at = _number(status.get("expires_at"))
+    left = None if expires_at is None else round(expires_at - now)
+    part: dict[str, Any] = {
+        "expires_at": None if expires_at is None else _iso(expires_at),
+        "seconds_left": left,
+        "last_renewal": {k: status.get(k) for k in ("result", "checked_at", "renewed_at",
+                                                      "error")} if status else None,
+    }
+    if left is None:
+        part["note"] = "the token's expiry is unknown (no streamer heartbeat, no renewal run)"
+        return part, None
+    if left <= 0:
+        return part, (f"the DhanHQ access token expired {-left / 60:.0f} min ago: the feed "
+                      "refuses it (README: renewing the DhanHQ token by hand)")
+    if left < TOKEN_WARN_SECONDS:
+        part["warning"] = (f"the DhanHQ access token expires in {left / 3600:.1f} h and has not "
+                           "been renewed")
+    return part, None
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, IST).isoformat(timespec="seconds")
+
+
 def master_part(meta: Mapping[Any, Any]) -> dict[str, Any]:
     """What the loaded instrument master is; without one, symbols are unknown (nothing else
     depends on it), which the answer notes without counting it against the status."""
@@ -295,10 +336,15 @@ def market_stream_health(
 ) -> dict[str, Any]:
     """The whole answer: one MGET of both heartbeats, the streams, connections, ECS counts.
     `session` builds the market session (default: NSE with the shipped holidays)."""
-    heartbeat, bridge = redis.mget([HEARTBEAT_KEY, BRIDGE_HEARTBEAT])
+    heartbeat, bridge, token_status = redis.mget([HEARTBEAT_KEY, BRIDGE_HEARTBEAT,
+                                                  TOKEN_STATUS_KEY])
     answer = assess(heartbeat, now=now, stale_after=stale_after, bridge=bridge,
                     session=(session or shipped_session)(), tick_stale_after=tick_stale_after,
                     bridge_stale_after=bridge_stale_after)  # fmt: skip
+    answer["token"], expired = token_part(answer["heartbeat"], token_status, now=now)
+    if expired and answer["status"] in (HEALTHY, DEGRADED):
+        answer["reasons"] = [*answer["reasons"], expired]
+        answer["status"], answer["detail"] = DEGRADED, "; ".join(answer["reasons"])
     answer["thresholds"] = {"healthy_max_age_seconds": stale_after,
                             "tick_max_age_seconds": tick_stale_after,
                             "bridge_max_age_seconds": bridge_stale_after}  # fmt: skip

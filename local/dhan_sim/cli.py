@@ -4,7 +4,10 @@
 
 Prints the URLs (and the environment a streamer or API needs to use them), then serves until
 Ctrl-C or SIGTERM. Port 0 picks a free port. REST answers from the same price book the feed
-walks, so a REST price is the feed's newest price for that instrument.
+walks, so a REST price is the feed's newest price for that instrument, and both judge tokens
+by one `TokenAuthority`: `GET /v2/RenewToken` on REST kills the old token on the feed too.
+`--jwt-token` mints a Dhan-shaped JWT (living `--token-lifetime` seconds) instead of the plain
+`--token`, which never expires.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from local.dhan_sim.feed import FeedSimulator, SimConfig
 from local.dhan_sim.prices import PriceBook
 from local.dhan_sim.protocol import MODES
 from local.dhan_sim.rest import RestStandIn
+from local.dhan_sim.tokens import TOKEN_LIFETIME_SECONDS, TokenAuthority
+
+DEFAULT_TOKEN = "sim-token"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -35,7 +41,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="stream each instrument in its subscribed mode (default) "
                              "or force one packet type")  # fmt: skip
     parser.add_argument("--client-id", default="1000000001")
-    parser.add_argument("--token", default="sim-token")
+    parser.add_argument("--token", default=None,
+                        help=f"a plain token that never expires (default {DEFAULT_TOKEN})")
+    parser.add_argument("--jwt-token", action="store_true",
+                        help="mint a JWT at start (expires, renewable) instead of --token")
+    parser.add_argument("--token-lifetime", type=float, default=TOKEN_LIFETIME_SECONDS,
+                        metavar="SECONDS", help="lifetime of minted and renewed tokens")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-ticks", type=int, default=None,
                         help="stop streaming after N price packets per connection")  # fmt: skip
@@ -47,13 +58,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--packets-per-frame must be at least 1")
     if args.rate < 0:
         parser.error("--rate must be >= 0")
+    if args.token_lifetime <= 0:
+        parser.error("--token-lifetime must be positive")
+    if args.jwt_token and args.token is not None:
+        parser.error("--jwt-token mints its own token; leave out --token")
+    if not args.jwt_token and args.token is None:
+        args.token = DEFAULT_TOKEN
     return args
+
+
+def token_authority(args: argparse.Namespace) -> TokenAuthority:
+    """The one authority feed and REST share (`token=None` mints a JWT)."""
+    return TokenAuthority(args.client_id, None if args.jwt_token else args.token,
+                          lifetime_seconds=args.token_lifetime)  # fmt: skip
 
 
 async def serve(args: argparse.Namespace) -> None:
     book = PriceBook(seed=args.seed)
+    tokens = token_authority(args)
     config = SimConfig(
-        host=args.host, port=args.port, client_id=args.client_id, access_token=args.token,
+        host=args.host, port=args.port, client_id=args.client_id, access_token=tokens.current,
         rate=args.rate, packets_per_frame=args.packets_per_frame, seed=args.seed,
         mode_default=None if args.mode == "subscribed" else args.mode,
         max_ticks=args.max_ticks,
@@ -64,16 +88,16 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     rest = None
     if args.rest_port >= 0:
-        rest = RestStandIn(book, host=args.host, port=args.rest_port, client_id=args.client_id,
-                           access_token=args.token,
+        rest = RestStandIn(book, host=args.host, port=args.rest_port, tokens=tokens,
                            enforce_rate_limit=not args.no_rate_limit).start()  # fmt: skip
     try:
-        async with FeedSimulator(config, prices=book) as sim:
+        async with FeedSimulator(config, prices=book, tokens=tokens) as sim:
             print(f"feed: {sim.url}  (add ?version=2&token=...&clientId=...&authType=2)")
             env = [f"DHAN_FEED_URL={sim.url}", f"DHAN_CLIENT_ID={args.client_id}",
-                   f"DHAN_ACCESS_TOKEN={args.token}"]  # fmt: skip
+                   f"DHAN_ACCESS_TOKEN={tokens.current}"]  # fmt: skip
             if rest is not None:
-                print(f"rest: {rest.base_url}  (POST /marketfeed/ltp|ohlc|quote)")
+                print(f"rest: {rest.base_url}  (POST /marketfeed/ltp|ohlc|quote, "
+                      "GET /RenewToken)")  # fmt: skip
                 env.append(f"DHAN_API_BASE_URL={rest.base_url}")
             print("env: " + " ".join(env))
             print("ready; Ctrl-C to stop", flush=True)

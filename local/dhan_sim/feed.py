@@ -18,6 +18,12 @@ possible from pre-built frames whose LTT is refreshed every second, for benchmar
 instruments also get an OI packet (5) now and then, in its own packet slot. `max_ticks`
 stops the price packets of a connection after that many (the connection stays open).
 
+Tokens: the handshake token is judged by a `tokens.TokenAuthority` (`tokens=`; by default a
+private one holding `config.access_token`). Pass the authority a `RestStandIn` also uses and a
+renewal over REST (`GET /v2/RenewToken`, from REST's own thread) kills the old token here too:
+every open connection that shook hands with it gets disconnect 807 and is closed, on this
+feed's loop; connections on the new token stream on.
+
 What was sent is recorded: `last_sent[(segment, id)] = (float32 ltp, ltt)`, `ticks_sent`,
 `requests`, `subscriptions`, `connection_count`, `handshakes`, `disconnects_sent`.
 """
@@ -30,7 +36,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
@@ -43,6 +49,7 @@ from local.dhan_sim import packets
 from local.dhan_sim.config import SimConfig
 from local.dhan_sim.prices import Key, PriceBook
 from local.dhan_sim.protocol import (
+    TOKEN_EXPIRED,
     TOO_MANY_CONNECTIONS,
     CloseRequest,
     Mode,
@@ -50,11 +57,12 @@ from local.dhan_sim.protocol import (
     Subscribe,
     Subscriptions,
     Unsubscribe,
-    check_handshake,
+    handshake_reason,
     parse_request,
 )
 from local.dhan_sim.sender import FeedConnection, TickSender
 from local.dhan_sim.ticks import TickFactory
+from local.dhan_sim.tokens import TokenAuthority
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +73,11 @@ class ReceivedRequest(NamedTuple):
 
 
 class FeedSimulator:
-    """The v2 feed on loopback; `async with` starts and stops it."""
+    """The v2 feed on loopback; `async with` starts and stops it.
+
+    `tokens`: a shared authority replaces `config.access_token` (its client id must be
+    `config.client_id`).
+    """
 
     def __init__(
         self,
@@ -73,8 +85,14 @@ class FeedSimulator:
         *,
         prices: PriceBook | None = None,
         clock: Callable[[], float] = time.time,
+        tokens: TokenAuthority | None = None,
     ) -> None:
         self.config = cfg = config or SimConfig()
+        if tokens is not None and tokens.client_id != cfg.client_id:
+            raise ValueError(f"the token authority is for client id {tokens.client_id!r}, "
+                             f"the feed for {cfg.client_id!r}")  # fmt: skip
+        self.tokens = tokens if tokens is not None else TokenAuthority(
+            cfg.client_id, cfg.access_token)  # fmt: skip
         self.prices = prices if prices is not None else PriceBook(seed=cfg.seed)
         self.factory = TickFactory(
             self.prices, rng=random.Random(cfg.seed), clock=clock,
@@ -85,9 +103,9 @@ class FeedSimulator:
         self.requests: list[ReceivedRequest] = []
         self.handshakes = 0
         self.disconnects_sent: list[tuple[int | None, int]] = []  # (connection id, reason)
-        self._token = cfg.access_token
-        self._expired_tokens: set[str] = set()
         self._connections: dict[int, FeedConnection] = {}  # insertion order = age
+        self._token_of: dict[int, str] = {}  # connection id -> the token of its handshake
+        self._stop_listening: Callable[[], None] | None = None
         self._ids = itertools.count(1)
         self._reject_status = 429
         self._reject_left = 0
@@ -111,7 +129,7 @@ class FeedSimulator:
 
     @property
     def access_token(self) -> str:
-        return self._token
+        return self.tokens.current
 
     @property
     def connection_count(self) -> int:
@@ -165,11 +183,9 @@ class FeedSimulator:
         """Rotate the access token: the old one now fails the handshake with 807.
 
         Open connections are left alone; `await send_disconnect(807)` expires them too.
+        (A renewal through the authority, `tokens.renew`/`mint`, does disconnect them.)
         """
-        if new_token != self._token:
-            self._expired_tokens.add(self._token)
-            self._expired_tokens.discard(new_token)
-            self._token = new_token
+        self.tokens.install(new_token, announce=False)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> FeedSimulator:
@@ -181,12 +197,16 @@ class FeedSimulator:
             close_timeout=cfg.close_timeout,
         )  # fmt: skip
         self.port = self._server.sockets[0].getsockname()[1]
+        self._stop_listening = self.tokens.on_rotate(self._on_rotate)
         return self
 
     async def close(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
         for conn in self._connections.values():
             conn.closing = True
         server.close()
@@ -221,16 +241,15 @@ class FeedSimulator:
         cfg = self.config
         assert ws.request is not None  # set once the handshake succeeded
         query = dict(parse_qsl(urlsplit(ws.request.path).query))
-        reason = check_handshake(
-            query, client_id=cfg.client_id, token=self._token,
-            expired_tokens=self._expired_tokens,
-        )  # fmt: skip
+        reason = handshake_reason(query, client_id=cfg.client_id, check_token=self.tokens.check)
         if reason is not None:
             await self._send_disconnect_packet(ws, None, reason)
             return
         conn = FeedConnection(next(self._ids), ws, query["clientId"],
                               Subscriptions(cfg.max_instruments))  # fmt: skip
+        # No await since the check: a rotation (run on this loop) cannot slip in between.
         self._connections[conn.id] = conn
+        self._token_of[conn.id] = query["token"]
         self._evict_beyond_limit(conn.client_id)
         conn.sender = asyncio.create_task(self._sending.run(conn),
                                           name=f"dhan-sim-send-{conn.id}")
@@ -245,6 +264,7 @@ class FeedSimulator:
         finally:
             conn.closing = True
             self._connections.pop(conn.id, None)
+            self._token_of.pop(conn.id, None)
             conn.sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await conn.sender
@@ -253,9 +273,21 @@ class FeedSimulator:
         same = [c for c in self._connections.values() if c.client_id == client_id]
         for oldest in same[: max(0, len(same) - self.config.max_connections)]:
             # In the background: the new connection must not wait for the old one's close.
-            task = asyncio.create_task(self._disconnect(oldest, TOO_MANY_CONNECTIONS))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._disconnect(oldest, TOO_MANY_CONNECTIONS))
+
+    def _on_rotate(self, old: str, new: str) -> None:
+        # Called in the thread that renewed (REST's handler thread, usually).
+        self._call_in_loop(self._expire_token, old)
+
+    def _expire_token(self, token: str) -> None:
+        for conn in list(self._connections.values()):
+            if self._token_of.get(conn.id) == token and not conn.closing:
+                self._in_background(self._disconnect(conn, TOKEN_EXPIRED))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _on_request(self, conn: FeedConnection, text: str) -> None:
         message, request = parse_request(text)

@@ -5,9 +5,11 @@ WebSocket and then answers a bad one with a disconnect packet (code 50) and a cl
 Dhan reports auth problems in-band:
   clientId missing or not the configured one            -> 810 (client id invalid)
   token missing                                          -> 808 (authentication failed)
-  token is one that was rotated away (`set_token`)       -> 807 (access token expired)
+  token rotated away (renewed, `set_token`) or expired   -> 807 (access token expired)
   any other wrong token                                  -> 809 (access token invalid)
   version or authType missing or not "2"                 -> 814 (invalid request)
+The token verdict is a callable (`tokens.TokenAuthority.check` in the feed) so this module
+stays free of token state; `check_handshake` keeps the plain "one token + dead set" form.
 
 Requests are JSON text frames. Choices where Dhan does not document its behaviour:
 - RequestCode 15/17/21 subscribe and 16/18/22 unsubscribe in ticker/quote/full mode;
@@ -25,7 +27,7 @@ Requests are JSON text frames. Choices where Dhan does not document its behaviou
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -95,6 +97,19 @@ def check_handshake(
     expired_tokens: frozenset[str] | set[str] = frozenset(),
 ) -> int | None:
     """The disconnect reason for a handshake's query parameters, or None when it is good."""
+
+    def verdict(given: str) -> int | None:
+        if given != token:
+            return TOKEN_EXPIRED if given in expired_tokens else TOKEN_INVALID
+        return None
+
+    return handshake_reason(query, client_id=client_id, check_token=verdict)
+
+
+def handshake_reason(
+    query: Mapping[str, str], *, client_id: str, check_token: Callable[[str], int | None]
+) -> int | None:
+    """Like `check_handshake`, with `check_token(token)` judging a present token."""
     if query.get("version") != "2" or query.get("authType") != "2":
         return INVALID_REQUEST
     if query.get("clientId") != client_id:
@@ -102,9 +117,7 @@ def check_handshake(
     given = query.get("token")
     if not given:
         return AUTH_FAILED
-    if given != token:
-        return TOKEN_EXPIRED if given in expired_tokens else TOKEN_INVALID
-    return None
+    return check_token(given)
 
 
 def instrument_key(item: object) -> Key | None:

@@ -1,10 +1,17 @@
-"""A stand-in for DhanHQ's market-quote REST API (`POST /v2/marketfeed/ltp|ohlc|quote`).
+"""A stand-in for DhanHQ's market-quote REST API (`POST /v2/marketfeed/ltp|ohlc|quote`) and
+its token renewal (`GET /v2/RenewToken`).
 
 A real HTTP server on loopback (stdlib `ThreadingHTTPServer` in a background thread) that the
 `dhanhq` SDK's REST `MarketFeed` can call once `DhanHTTP.base_url` points at `base_url`. It
 behaves like Dhan where Dhan documents it:
 
-- headers `access-token` and `client-id` must match, else 401 `DH-901`;
+- headers `access-token` and `client-id` must match, else 401 `DH-901`; the token is judged by
+  a `tokens.TokenAuthority` (`tokens=`, shared with a `FeedSimulator` so both see renewals;
+  by default a private one holding `access_token`), so a renewed-away or expired JWT is 401;
+- `GET /v2/RenewToken` with headers `access-token` and `dhanClientId` renews the active token:
+  `{"dhanClientId": ..., "accessToken": <new JWT>, "expiryTime": <ISO, IST>}`; the old token is
+  dead at once (feed connections on it get 807). An expired, dead or unknown token, or another
+  client id: 401 `DH-901`. POST to it: 400 `DH-905` (as Dhan answers, DhanHQ-py #108);
 - body `{"NSE_EQ": [11536], ...}` with integer ids (the SDK adds `"dhanClientId"`, ignored);
   an unknown segment, a non-integer id or more than 1,000 instruments in total: 400 `DH-905`;
 - more than one call per second per client id: 429 `DH-904` (the window slides from the last
@@ -13,8 +20,9 @@ behaves like Dhan where Dhan documents it:
 - errors: `{"errorType": ..., "errorCode": "DH-9xx", "errorMessage": ...}`.
 
 Order of checks for one call: record it, sleep `delay`, an injected failure (`fail_next`),
-auth, rate limit, body. The decision is `RestStandIn.answer`, a plain method (no sockets);
-the HTTP handler only moves bytes.
+auth, rate limit, body (RenewToken has no rate limit here). The decisions are
+`RestStandIn.answer` (POST) and `answer_get`, plain methods (no sockets); the HTTP handler
+only moves bytes.
 """
 
 from __future__ import annotations
@@ -23,17 +31,22 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 from core.instruments import SEGMENT_CODES
 from local.dhan_sim.prices import Key, PriceBook
+from local.dhan_sim.tokens import Refused, TokenAuthority
 
 log = logging.getLogger(__name__)
 
 MAX_INSTRUMENTS = 1000
 ENDPOINTS = ("/v2/marketfeed/ltp", "/v2/marketfeed/ohlc", "/v2/marketfeed/quote")
+RENEW_PATH = "/v2/RenewToken"
+DEFAULT_CLIENT_ID, DEFAULT_TOKEN = "1000000001", "sim-token"
 
 AUTH_ERROR = ("Invalid_Authentication", "DH-901",
               "Client ID or user generated access token is invalid or expired.")  # fmt: skip
@@ -51,6 +64,25 @@ def error_body(error_type: str, code: str, message: str) -> dict[str, Any]:
 
 def _input_error(message: str) -> Answer:
     return 400, error_body(INPUT_ERROR_TYPE, INPUT_ERROR_CODE, message)
+
+
+def _route(path: str) -> str:
+    return urlsplit(path).path.rstrip("/")
+
+
+def _authority(
+    tokens: TokenAuthority | None, client_id: str | None, access_token: str | None
+) -> TokenAuthority:
+    """The given authority (checked against explicit credentials) or a private one."""
+    if tokens is None:
+        return TokenAuthority(DEFAULT_CLIENT_ID if client_id is None else client_id,
+                              DEFAULT_TOKEN if access_token is None else access_token)  # fmt: skip
+    if client_id is not None and client_id != tokens.client_id:
+        raise ValueError(f"client_id {client_id!r} is not the authority's {tokens.client_id!r}")
+    if access_token is not None and access_token != tokens.current:
+        raise ValueError("access_token is not the authority's current token; pass one or the "
+                         "other")  # fmt: skip
+    return tokens
 
 
 def parse_instruments(body: object) -> dict[str, list[int]] | str:
@@ -84,8 +116,9 @@ class RestStandIn:
         self,
         prices: PriceBook | None = None,
         *,
-        client_id: str = "1000000001",
-        access_token: str = "sim-token",
+        client_id: str | None = None,  # default: the authority's, else "1000000001"
+        access_token: str | None = None,  # default: the authority's, else "sim-token"
+        tokens: TokenAuthority | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         enforce_rate_limit: bool = True,
@@ -94,8 +127,9 @@ class RestStandIn:
         delay: float = 0.0,
     ) -> None:
         self.prices = prices if prices is not None else PriceBook()
-        self.client_id = client_id
-        self.access_token = access_token
+        self.tokens = _authority(tokens, client_id, access_token)
+        # Its own attribute, not the authority's: tests switch the account REST answers for.
+        self.client_id = self.tokens.client_id
         self.host = host
         self.port = port
         self.enforce_rate_limit = enforce_rate_limit
@@ -115,6 +149,10 @@ class RestStandIn:
     def base_url(self) -> str:
         """What `DhanHTTP.base_url` should be set to (`http://127.0.0.1:PORT/v2`)."""
         return f"http://{self.host}:{self.port}/v2"
+
+    @property
+    def access_token(self) -> str:
+        return self.tokens.current
 
     def set_price(self, segment: str, security_id: str | int, price: float) -> None:
         self.prices.set_price((segment, str(security_id)), price)
@@ -136,13 +174,18 @@ class RestStandIn:
     # -- the decision ----------------------------------------------------------------------
     def answer(self, path: str, headers: dict[str, str], raw_body: bytes) -> Answer:
         """Status and JSON body for one POST (headers with lower-case names)."""
-        with self._lock:
-            if self._failures:
-                return self._failures.pop(0)
-        if path.rstrip("/") not in ENDPOINTS:
+        injected = self._injected_failure()
+        if injected is not None:
+            return injected
+        route = _route(path)
+        if route == RENEW_PATH:
+            return _input_error("RenewToken takes GET, not POST")
+        if route not in ENDPOINTS:
             return 404, error_body("Not_Found", "DH-905", f"no such endpoint {path}")
         client_id = headers.get("client-id")
-        if client_id != self.client_id or headers.get("access-token") != self.access_token:
+        if client_id != self.client_id or not self.tokens.is_active(
+            headers.get("access-token") or ""
+        ):
             return 401, error_body(*AUTH_ERROR)
         if not self._admit(client_id):
             return 429, error_body(*RATE_ERROR)
@@ -153,8 +196,33 @@ class RestStandIn:
         wanted = parse_instruments(body)
         if isinstance(wanted, str):
             return _input_error(wanted)
-        kind = path.rstrip("/").rsplit("/", 1)[1]
+        kind = route.rsplit("/", 1)[1]
         return 200, {"data": self._data(kind, wanted), "status": "success"}
+
+    def answer_get(self, path: str, headers: dict[str, str]) -> Answer:
+        """Status and JSON body for one GET (headers with lower-case names)."""
+        injected = self._injected_failure()
+        if injected is not None:
+            return injected
+        route = _route(path)
+        if route == RENEW_PATH:
+            return self._renew(headers)
+        if route in ENDPOINTS:
+            return 405, error_body(INPUT_ERROR_TYPE, INPUT_ERROR_CODE, "use POST")
+        return 404, error_body("Not_Found", "DH-905", f"no such endpoint {path}")
+
+    def _renew(self, headers: dict[str, str]) -> Answer:
+        # Dhan's RenewToken names the client `dhanClientId`; the quote APIs say `client-id`.
+        client_id = headers.get("dhanclientid") or headers.get("client-id") or ""
+        result = self.tokens.renew(headers.get("access-token") or "", client_id)
+        if isinstance(result, Refused):
+            return 401, error_body(AUTH_ERROR[0], AUTH_ERROR[1], result.message)
+        return 200, {"dhanClientId": result.client_id, "accessToken": result.token,
+                     "expiryTime": result.expiry_time}  # fmt: skip
+
+    def _injected_failure(self) -> Answer | None:
+        with self._lock:
+            return self._failures.pop(0) if self._failures else None
 
     def _admit(self, client_id: str) -> bool:
         now = time.monotonic()
@@ -211,11 +279,22 @@ class RestStandIn:
             body: Any = json.loads(raw_body)
         except ValueError:
             body = None
-        call = {"t": time.monotonic(), "path": path, "body": body, "headers": dict(headers)}
+        return self._recorded("POST", path, headers, body,
+                              lambda: self.answer(path, headers, raw_body))  # fmt: skip
+
+    def handle_get(self, path: str, headers: dict[str, str]) -> Answer:
+        return self._recorded("GET", path, headers, None, lambda: self.answer_get(path, headers))
+
+    def _recorded(
+        self, method: str, path: str, headers: dict[str, str], body: Any,
+        decide: Callable[[], Answer],
+    ) -> Answer:  # fmt: skip
+        call = {"t": time.monotonic(), "method": method, "path": path, "body": body,
+                "headers": dict(headers)}  # fmt: skip
         self.calls.append(call)
         if self.delay > 0:
             self._closing.wait(self.delay)
-        answer = self.answer(path, headers, raw_body)
+        answer = decide()
         call["status"] = answer[0]
         return answer
 
@@ -275,7 +354,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(status, body)
 
     def do_GET(self) -> None:  # noqa: N802
-        self._reply(405, error_body("Input_Exception", "DH-905", "use POST"))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        status, body = self.server.stand_in.handle_get(self.path, headers)
+        self._reply(status, body)
 
     def _reply(self, status: int, body: dict[str, Any]) -> None:
         payload = json.dumps(body).encode()

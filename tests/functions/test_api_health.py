@@ -461,3 +461,39 @@ def test_the_answer_notes_a_missing_instrument_master_without_counting_it(
                       "https://user:pw@example.com:8443/master.csv?X-Amz-Signature=abc")
     assert api.health().json()["instrument_master"]["source"] == (
         "https://example.com:8443/master.csv")
+
+
+def test_the_answer_says_how_long_the_token_has_left_and_degrades_once_it_expired(
+    make_api: MakeApi, redis_client: redis.Redis
+) -> None:
+    from core.names import TOKEN_STATUS_KEY
+
+    clock = {"now": OPEN}
+    api = make_api(deps_overrides={"wall_clock": lambda: clock["now"]})
+    redis_client.set(BRIDGE_HEARTBEAT, bridge_beat(OPEN - 1), ex=60)
+    redis_client.set(TOKEN_STATUS_KEY, json.dumps(
+        {"result": "failed", "checked_at": OPEN - 600, "renewed_at": OPEN - 80_000,
+         "error": "Dhan refused RenewToken: HTTP 401 DH-901", "expires_at": OPEN + 5 * 3600}))
+
+    # No streamer heartbeat: the renewal job's status still tells the expiry.
+    body = api.health().json()
+    assert body["token"]["seconds_left"] == 5 * 3600
+    assert body["token"]["last_renewal"]["result"] == "failed"
+    assert "DH-901" in body["token"]["last_renewal"]["error"]
+    assert "expires in 5.0 h" in body["token"]["warning"]
+
+    # The streamer's heartbeat names the token in use; it wins.
+    redis_client.set(HEARTBEAT_KEY, streamer_beat(
+        OPEN - 1, token={"expires_at": OPEN + 20 * 3600}), ex=60)
+    body = api.health().json()
+    assert body["status"] == "healthy"
+    assert body["token"]["seconds_left"] == 20 * 3600 and "warning" not in body["token"]
+    assert body["token"]["expires_at"].endswith("+05:30")
+
+    clock["now"] = OPEN + 20 * 3600 + 120
+    redis_client.set(HEARTBEAT_KEY, streamer_beat(
+        clock["now"] - 1, token={"expires_at": OPEN + 20 * 3600}), ex=60)
+    redis_client.set(BRIDGE_HEARTBEAT, bridge_beat(clock["now"] - 1), ex=60)
+    body = api.health().json()
+    assert body["status"] == "degraded"
+    assert any("token expired 2 min ago" in r for r in body["reasons"])
