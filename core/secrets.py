@@ -28,6 +28,9 @@ WS_TOKEN_FIELDS = ("WS_TOKEN_SECRET", "ws_token_secret", "secret")
 REDIS_AUTH_FIELDS = ("REDIS_AUTH_TOKEN", "token", "password", "auth_token")
 DHAN_CLIENT_FIELDS = ("client_id", "DHAN_CLIENT_ID", "clientId", "dhanClientId")
 DHAN_TOKEN_FIELDS = ("access_token", "DHAN_ACCESS_TOKEN", "accessToken", "token")
+# The client id of the Dhan secret CDK creates (with a random token) until an operator puts
+# the real one in: nothing can be renewed or streamed with it.
+PLACEHOLDER_CLIENT_ID = "REPLACE_ME"
 
 
 class SecretReader(Protocol):

@@ -23,6 +23,7 @@ from infra.instruments import InstrumentMaster
 from infra.schedule import MarketSchedule
 from infra.settings import DeploySettings
 from infra.streamer_service import StreamerService
+from infra.token_renewal import TokenRenewal
 from infra.web import WebHosting
 from infra.websocket_api import WebSocketApi
 
@@ -53,6 +54,7 @@ class NaggedStack(Protocol):
     http: HttpApi
     schedule: MarketSchedule
     instruments: InstrumentMaster
+    token_renewal: TokenRenewal
 
 LAMBDA_BASIC_ROLE = (
     "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
@@ -110,6 +112,7 @@ def acknowledge_findings(stack: NaggedStack) -> None:
         stack.fanout.handler,
         stack.schedule.handler,
         stack.instruments.handler,
+        stack.token_renewal.handler,
     ]
     for handler in functions:
         acknowledge(handler, LAMBDA_BASIC_ROLE, BASIC_ROLE_REASON)
@@ -145,8 +148,9 @@ def acknowledge_findings(stack: NaggedStack) -> None:
     acknowledge(
         stack.dhan_secret,
         "AwsSolutions-SMG4",
-        "DhanHQ issues the access token (valid 24 h); rotating it is putting Dhan's new token "
-        "into this secret (README: rotate the DhanHQ token), not generating a value.",
+        "DhanHQ issues the access token (valid 24 h); the token-renewal function renews it "
+        "with Dhan and puts the new token into this secret every 30-minute run that needs "
+        "it (infra/token_renewal.py); Secrets Manager cannot generate such a value.",
     )
     acknowledge(
         stack.admin_secret,
@@ -211,6 +215,7 @@ def acknowledge_findings(stack: NaggedStack) -> None:
     scheduled = (
         ("market-hours", stack.schedule.function.node.default_child),
         ("instrument-master", stack.instruments.function.node.default_child),
+        ("token-renewal", stack.token_renewal.function.node.default_child),
     )
     for role in _stack_children(stack, "SchedulerRoleForTarget"):
         for what, target in scheduled:

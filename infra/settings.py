@@ -34,6 +34,8 @@ reader casts and validates, and a bad value fails the synth with the context key
 | ltp:scheduleEnabled | true | create the market-hours schedules |
 | ltp:scheduleStart / ltp:scheduleStop | 09:00 / 15:45 | IST, Monday-Friday |
 | ltp:instrumentsLoadAt | 08:30 | IST, Monday-Friday: load Dhan's scrip master into Redis |
+| ltp:tokenRenewBelowSeconds | 57600 | renew the DhanHQ token (outside the session) below this |
+| ltp:tokenRenewUrgentSeconds | 14400 | ... and inside the session below this (seconds left) |
 | ltp:alarmEmail | "" | e-mail subscribed to the alarm topic |
 | ltp:monthlyBudgetUsd | 0 | AWS Budgets monthly cost budget; 0 = none |
 | ltp:logRetentionDays | 30 | CloudWatch Logs retention |
@@ -55,6 +57,8 @@ from core.errors import ConfigError, InvalidKeyError
 PREFIX = "ltp:"
 SAMPLE_WATCHLIST = "sample"
 NO_WATCHLIST = "none"
+# How long DhanHQ's access tokens live.
+TOKEN_LIFETIME_SECONDS = 86400
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _T = TypeVar("_T")
 
@@ -94,6 +98,9 @@ class DeploySettings:
     schedule_start: str = "09:00"
     schedule_stop: str = "15:45"
     instruments_load_at: str = "08:30"
+    # A DhanHQ token lives 24 h; the renewal job runs every 30 minutes (infra/token_renewal.py).
+    token_renew_below_seconds: int = 57600
+    token_renew_urgent_seconds: int = 14400
 
     alarm_email: str = ""
     monthly_budget_usd: float = 0.0
@@ -111,6 +118,16 @@ class DeploySettings:
             raise ConfigError(
                 f"context {PREFIX}scheduleStop ({self.schedule_stop}) must be after "
                 f"{PREFIX}scheduleStart ({self.schedule_start})"
+            )
+        if not (0 < self.token_renew_urgent_seconds < self.token_renew_below_seconds
+                < TOKEN_LIFETIME_SECONDS):  # fmt: skip
+            # Below the urgent mark a renewal interrupts the session's feed; above the normal
+            # mark is a renewal of every run; a token never has more than 24 h left.
+            raise ConfigError(
+                f"context {PREFIX}tokenRenewUrgentSeconds ({self.token_renew_urgent_seconds}) "
+                f"must be > 0 and below {PREFIX}tokenRenewBelowSeconds "
+                f"({self.token_renew_below_seconds}), which must be below "
+                f"{TOKEN_LIFETIME_SECONDS} (24 h)"
             )
         if self.cache_engine not in ("valkey", "redis"):
             raise ConfigError(
@@ -207,6 +224,12 @@ class DeploySettings:
             schedule_start=read.text("scheduleStart", defaults.schedule_start),
             schedule_stop=read.text("scheduleStop", defaults.schedule_stop),
             instruments_load_at=read.text("instrumentsLoadAt", defaults.instruments_load_at),
+            token_renew_below_seconds=read.integer(
+                "tokenRenewBelowSeconds", defaults.token_renew_below_seconds, minimum=1
+            ),
+            token_renew_urgent_seconds=read.integer(
+                "tokenRenewUrgentSeconds", defaults.token_renew_urgent_seconds, minimum=1
+            ),
             alarm_email=read.text("alarmEmail", defaults.alarm_email),
             monthly_budget_usd=read.number(
                 "monthlyBudgetUsd", defaults.monthly_budget_usd, minimum=0.0

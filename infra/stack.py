@@ -4,7 +4,8 @@ Grants live here (not inside the units) so that each permission is visible in on
 scoped to one resource: the API and the scheduler may update/describe the streamer service
 only; the bridge (in the streamer task) may invoke the fan-out function only; the message
 handler and the fan-out may manage connections of this WebSocket API's stage only; each secret
-is readable by the functions that use it and nothing else.
+is readable by the functions that use it and nothing else; only the token renewal may put a new
+version of the Dhan secret.
 
 Environment contract (the names every deployable reads; see ARCHITECTURE.md):
   REDIS_URL               rediss://<primary endpoint>:6379/0 (TLS, cluster mode off)
@@ -18,6 +19,7 @@ Environment contract (the names every deployable reads; see ARCHITECTURE.md):
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from core.emf import METRICS_NAMESPACE
+from core.secrets import PLACEHOLDER_CLIENT_ID
 from infra.bundling import REPO_ROOT, default_plan, lambda_code
 from infra.cache import Cache
 from infra.fanout import Fanout
@@ -43,6 +46,7 @@ from infra.network import Network
 from infra.schedule import MarketSchedule
 from infra.settings import DeploySettings
 from infra.streamer_service import StreamerService
+from infra.token_renewal import TokenRenewal, grant_secret_renewal
 from infra.web import WebHosting
 from infra.websocket_api import WebSocketApi
 
@@ -96,7 +100,7 @@ class LtpStack(Stack):
             # A placeholder with both fields, so that ECS can inject them before the real values
             # are put; generated once at creation, never overwritten by later deploys.
             generate_secret_string=secretsmanager.SecretStringGenerator(
-                secret_string_template='{"client_id": "REPLACE_ME"}',
+                secret_string_template=json.dumps({"client_id": PLACEHOLDER_CLIENT_ID}),
                 generate_string_key="access_token",
                 exclude_punctuation=True,
             ),
@@ -242,6 +246,17 @@ class LtpStack(Stack):
             run_after=[self.cache],
             **function_network,
         )
+        # Keeps the 24-hour DhanHQ token in the Dhan secret fresh; the streamer and the API read
+        # it from there.
+        self.token_renewal = TokenRenewal(
+            self,
+            "TokenRenewal",
+            code=code,
+            environment={**base_env, "DHAN_SECRET_ARN": self.dhan_secret.secret_arn},
+            renew_below_seconds=settings.token_renew_below_seconds,
+            renew_urgent_seconds=settings.token_renew_urgent_seconds,
+            **function_network,
+        )
 
         self._grant()
         self.site_deployment = self.web.deploy_site(
@@ -266,7 +281,12 @@ class LtpStack(Stack):
             cache_cluster_id=f"{self.cache.replication_group.ref}-001",
             alarm_email=settings.alarm_email,
             monthly_budget_usd=settings.monthly_budget_usd,
-            extra_alarms=[self.fanout.failures_alarm, self.instruments.errors_alarm],
+            extra_alarms=[
+                self.fanout.failures_alarm,
+                self.instruments.errors_alarm,
+                self.token_renewal.errors_alarm,
+                self.token_renewal.seconds_left_alarm,
+            ],
         )
         self._outputs()
         acknowledge_findings(self)
@@ -282,6 +302,7 @@ class LtpStack(Stack):
             self.fanout.function,
             self.schedule.function,
             self.instruments.function,
+            self.token_renewal.function,
         ]
 
     def _grant(self) -> None:
@@ -307,6 +328,9 @@ class LtpStack(Stack):
         self.admin_secret.grant_read(self.http.function)
         self.ws_token_secret.grant_read(self.http.function)
         self.ws_token_secret.grant_read(self.websocket.authorize.function)
+        # Read and put a new version only: not grant_write, whose UpdateSecret could change
+        # the secret's description or key.
+        grant_secret_renewal(self.dhan_secret, self.token_renewal.function)
 
         scale_streamer = iam.PolicyStatement(
             sid="ScaleTheStreamerService",

@@ -17,8 +17,9 @@
    writes `dhan:token:status` (read by health).
 
 Every run prints one EMF line, `TokenSecondsLeft` (dimension service=token), which the alarm
-watches. Outcomes: renewed, skipped, expired (returned, not raised: retrying cannot help, the
-alarm and health say it), locked (another run holds the lock). A renewal that fails is
+watches (none while the secret still holds CDK's placeholder: that alarm then says no token is
+in place). Outcomes: unconfigured, renewed, skipped, expired (returned, not raised: retrying
+cannot help, the alarm and health say it), locked (another run holds the lock). A renewal that fails is
 recorded as "failed" (with the reason) and raises `RenewalError`, so that the invocation
 counts as an error and Lambda retries it.
 
@@ -44,7 +45,12 @@ from core.config import Secret
 from core.dhan_token import seconds_left
 from core.emf import emf_line
 from core.errors import SecretError
-from core.secrets import DHAN_TOKEN_FIELDS, DhanCredentials, parse_dhan_secret
+from core.secrets import (
+    DHAN_TOKEN_FIELDS,
+    PLACEHOLDER_CLIENT_ID,
+    DhanCredentials,
+    parse_dhan_secret,
+)
 from functions.errors import FunctionsError
 from functions.token.policy import RenewalPolicy
 
@@ -59,7 +65,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-Result = Literal["renewed", "skipped", "expired", "locked", "failed"]
+Result = Literal["renewed", "skipped", "expired", "locked", "failed", "unconfigured"]
 
 
 class RenewalError(FunctionsError):
@@ -142,6 +148,14 @@ class TokenRenewer:
     def run(self) -> Outcome:
         current = self._read()
         now = self._clock()
+        if current.credentials.client_id == PLACEHOLDER_CLIENT_ID:
+            log.warning("the Dhan secret still holds the deploy-time placeholder: put a real "
+                        "client id and token in it (README: renewing the DhanHQ token by hand)")
+            self._write_status({"result": "unconfigured", "seconds_left": None,
+                                "expires_at": None, "version_id": current.version_id},
+                               now, None, "no DhanHQ token configured")
+            return {"result": "unconfigured", "seconds_left": None, "expires_at": None,
+                    "version_id": current.version_id}
         left = seconds_left(current.credentials.access_token.value, now)
         decision = self._policy.decide(left, datetime.fromtimestamp(now, UTC))
         if decision == "expired":

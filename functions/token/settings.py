@@ -2,7 +2,7 @@
 
 | variable | default | meaning |
 |---|---|---|
-| TOKEN_RENEW_BELOW_SECONDS | 72000 (20 h) | renew in the quiet hours once less is left |
+| TOKEN_RENEW_BELOW_SECONDS | 57600 (16 h) | renew in the quiet hours once less is left |
 | TOKEN_RENEW_URGENT_SECONDS | 14400 (4 h) | renew at any hour once less is left |
 | TOKEN_RENEW_TIMEOUT_SECONDS | 10 | HTTP timeout of one RenewToken call |
 
@@ -30,7 +30,7 @@ class TokenSettings:
         env = Env(environ)
         try:
             policy = RenewalPolicy(
-                renew_below=env.number("TOKEN_RENEW_BELOW_SECONDS", 72000.0, minimum=1.0),
+                renew_below=env.number("TOKEN_RENEW_BELOW_SECONDS", 57600.0, minimum=1.0),
                 urgent_below=env.number("TOKEN_RENEW_URGENT_SECONDS", 14400.0, minimum=1.0),
             )
         except ValueError as exc:

@@ -89,7 +89,7 @@ def world(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterato
             w.http.close()
 
 
-def test_renews_in_the_quiet_hours_once_less_than_20h_is_left(
+def test_renews_in_the_quiet_hours_once_less_than_16h_is_left(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     old = world.secret()["access_token"]
@@ -120,25 +120,39 @@ def test_renews_in_the_quiet_hours_once_less_than_20h_is_left(
     assert old not in text and new not in text
 
 
+def use_token_minted_at(world: World, when: str) -> str:
+    world.clock.now = ist(when)
+    token = world.rest.tokens.mint().token
+    world.secrets.put_secret_value(SecretId=world.arn, SecretString=json.dumps(
+        {"client_id": CLIENT, "access_token": token}))
+    return token
+
+
 def test_waits_during_the_session_and_renews_after_it(world: World) -> None:
-    world.clock.now = ist("2026-11-30T11:00:00")  # 22 h left
+    use_token_minted_at(world, "2026-11-29T20:00:00")  # Sunday evening: Monday 20:00 expiry
+    world.clock.now = ist("2026-11-30T11:00:00")  # 9 h left, in the session
     assert world.renewer().run()["result"] == "skipped"
-    world.clock.now = ist("2026-11-30T15:00:00")  # 18 h left, but in the session
+    world.clock.now = ist("2026-11-30T15:30:00")  # 4.5 h left, still above the urgent mark
     assert world.renewer().run()["result"] == "skipped"
     assert world.renew_calls() == 0
-    assert world.emitted[-1]["TokenSecondsLeft"] == pytest.approx(18 * 3600)
+    assert world.emitted[-1]["TokenSecondsLeft"] == pytest.approx(4.5 * 3600, abs=1)
     world.clock.now = ist("2026-11-30T16:30:00")
     assert world.renewer().run()["result"] == "renewed"
     assert world.renew_calls() == 1
 
 
+def test_a_fresh_token_is_left_alone(world: World) -> None:
+    world.clock.now = ist("2026-11-30T20:00:00")  # 13 h left... of a token minted at 09:00
+    use_token_minted_at(world, "2026-11-30T19:00:00")  # ... replaced by hand at 19:00
+    world.clock.now = ist("2026-11-30T23:00:00")  # 20 h left
+    assert world.renewer().run()["result"] == "skipped"
+    assert world.renew_calls() == 0
+
+
 def test_renews_mid_session_when_expiry_is_near(world: World) -> None:
     # A token minted on Monday at 12:00 has 2 h left on Tuesday at 10:00, in the session.
     authority = world.rest.tokens
-    world.clock.now = ist("2026-11-30T12:00:00")
-    token = authority.mint().token
-    world.secrets.put_secret_value(SecretId=world.arn, SecretString=json.dumps(
-        {"client_id": CLIENT, "access_token": token}))
+    token = use_token_minted_at(world, "2026-11-30T12:00:00")
     world.clock.now = ist("2026-12-01T10:00:00")
     outcome = world.renewer().run()
     assert outcome["result"] == "renewed"
@@ -235,3 +249,12 @@ def test_a_lost_put_answer_is_retried_into_one_version(world: World) -> None:
     assert lossy.puts == 2
     assert world.versions() == 2
     assert world.secret()["access_token"] == world.rest.tokens.current
+
+
+def test_the_deploy_time_placeholder_is_not_sent_to_dhan(world: World) -> None:
+    world.secrets.put_secret_value(SecretId=world.arn, SecretString=json.dumps(
+        {"client_id": "REPLACE_ME", "access_token": "generated-at-deploy"}))
+    world.clock.now = ist("2026-11-30T22:00:00")
+    assert world.renewer().run()["result"] == "unconfigured"
+    assert world.renew_calls() == 0 and world.emitted == []  # the alarm sees no datapoint
+    assert world.status()["error"] == "no DhanHQ token configured"

@@ -20,6 +20,7 @@ HANDLERS = {
     "functions.fanout.handler",
     "functions.schedule.handler",
     "functions.instruments.handler",
+    "functions.token.handler",
 }
 
 

@@ -29,6 +29,8 @@ SAMPLE_VALUES = {
     "REDIS_URL": "rediss://cache.example:6379/0",
     "DHAN_FEED_URL": "wss://feed.example",
     "REDIS_SOCKET_TIMEOUT": "10",
+    "TOKEN_RENEW_BELOW_SECONDS": "57600",
+    "TOKEN_RENEW_URGENT_SECONDS": "14400",
 }
 
 
@@ -105,8 +107,8 @@ def test_every_deployable_is_found(synthesized: Synthesized) -> None:
     assert found == {
         "functions.api.handler", "functions.ws.authorize", "functions.ws.connect",
         "functions.ws.disconnect", "functions.ws.message", "functions.fanout.handler",
-        "functions.schedule.handler", "functions.instruments.handler", "python -m streamer",
-        "python -m relay",
+        "functions.schedule.handler", "functions.instruments.handler", "functions.token.handler",
+        "python -m streamer", "python -m relay",
     }  # fmt: skip
 
 

@@ -103,7 +103,9 @@ def test_each_secret_is_readable_only_by_its_users(synthesized: Synthesized) -> 
     assert readers(stack.ws_token_secret) == {
         role(stack.http.function), role(stack.websocket.authorize.function)
     }
-    assert readers(stack.dhan_secret) == {role(stack.http.function), task_role, execution_role}
+    assert readers(stack.dhan_secret) == {
+        role(stack.http.function), role(stack.token_renewal.function), task_role, execution_role
+    }
     assert readers(stack.cache.auth_secret) == {
         *(role(f) for f in stack.redis_functions), execution_role
     }
