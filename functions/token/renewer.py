@@ -19,9 +19,9 @@
 Every run prints one EMF line, `TokenSecondsLeft` (dimension service=token), which the alarm
 watches (none while the secret still holds CDK's placeholder: that alarm then says no token is
 in place). Outcomes: unconfigured, renewed, skipped, expired (returned, not raised: retrying
-cannot help, the alarm and health say it), locked (another run holds the lock). A renewal that fails is
-recorded as "failed" (with the reason) and raises `RenewalError`, so that the invocation
-counts as an error and Lambda retries it.
+cannot help, the alarm and health say it), locked (another run holds the lock). A renewal
+that fails is recorded as "failed" (with the reason) and raises `RenewalError`, so that the
+invocation counts as an error and Lambda retries it.
 
 No token is ever logged or returned: messages name versions and expiries only, and Dhan's
 error text is cut short and scrubbed of the token.
