@@ -348,6 +348,8 @@ class LtpStack(Stack):
             "DhanSecretArn": (self.dhan_secret.secret_arn, "Put DhanHQ client_id/access_token"),
             "AdminSecretArn": (self.admin_secret.secret_arn, "Admin bearer key (generated)"),
             "WsTokenSecretArn": (self.ws_token_secret.secret_arn, "WS token key (generated)"),
+            "TokenRenewalFunction": (self.token_renewal.function.function_name,
+                                     "DhanHQ token renewal (every 30 min; invoke to check)"),
             "StreamerCluster": (self.streamer.cluster.cluster_name, "ECS cluster"),
             "StreamerService": (self.streamer.service.service_name, "ECS service (desired 0)"),
             "CacheEndpoint": (self.cache.endpoint_address, "ElastiCache primary endpoint"),

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypedDict
 
+from redis.exceptions import AuthenticationError, RedisError
+
 from core import names
 from core.backoff import Backoff
 from core.config import Secret
@@ -303,7 +305,9 @@ class TokenRenewer:
                       "renewed_at": renewed_at or previous.get("renewed_at")}
             self._redis.set(names.TOKEN_STATUS_KEY, json.dumps(status),
                             ex=names.TOKEN_STATUS_TTL_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - health then says the status is unknown
+        except AuthenticationError:
+            raise  # a misconfigured deployment: it will not heal, and no renewal could run
+        except RedisError as exc:  # health then says the status is unknown
             log.warning("token status not written (%s)", type(exc).__name__)
 
 

@@ -20,14 +20,19 @@ from typing import Any, TypeVar
 
 from local.dhan_sim.feed import FeedSimulator, SimConfig
 from local.dhan_sim.prices import PriceBook
+from local.dhan_sim.tokens import TokenAuthority
 
 T = TypeVar("T")
 
 
 class ThreadedFeedSimulator:
-    def __init__(self, config: SimConfig | None = None, *, prices: PriceBook | None = None):
+    def __init__(self, config: SimConfig | None = None, *, prices: PriceBook | None = None,
+                 tokens: TokenAuthority | None = None):
+        """`tokens`: shared with a `RestStandIn`, so that a renewal there kills the old token's
+        feed sockets here."""
         self.config = config or SimConfig()
         self._prices = prices
+        self._tokens = tokens
         self._sim: FeedSimulator | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -79,7 +84,7 @@ class ThreadedFeedSimulator:
     async def _serve(self, ready: Future[None]) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with FeedSimulator(self.config, prices=self._prices) as sim:
+        async with FeedSimulator(self.config, prices=self._prices, tokens=self._tokens) as sim:
             self._sim = sim
             ready.set_result(None)
             await self._stop.wait()

@@ -4,7 +4,8 @@
 Environments are exactly what `tests.deploy.cloud.resolve_deployables` resolved from the
 template, plus `Cloud.aws_environment()` (region, dummy credentials, the moto endpoints, the
 trust bundle, PATH/HOME/LANG, PYTHONPATH) and these additions:
-  endpoints      DHAN_API_BASE_URL (the HTTP API's function) -> the REST stand-in,
+  endpoints      DHAN_API_BASE_URL (the HTTP API's and the token renewal's functions) -> the
+                 REST stand-in,
                  INSTRUMENT_MASTER_URL (the instrument-master function) -> a loopback
                  server of data/nse_sample.csv (the template leaves Dhan's CDN the default),
                  DHAN_FEED_URL (the streamer container) -> the feed simulator,
@@ -34,6 +35,7 @@ from tests.deploy.harness import (
 
 ROUTE_SELECTION = "$request.body.action"  # the only one the local gateway implements
 INSTRUMENTS_HANDLER = "functions.instruments.handler"
+TOKEN_HANDLER = "functions.token.handler"
 CLOCK_OVERRIDES = {"STREAMER_ALWAYS_OPEN": "true"}
 
 
@@ -174,7 +176,7 @@ class Deployment:
         if clash:
             raise StepFailed(f"{function.spec.logical_id}: the template sets {clash} itself")
         env = {**base, **function.env}
-        if self.is_http_api(function):
+        if self.is_http_api(function) or function.spec.handler == TOKEN_HANDLER:
             env["DHAN_API_BASE_URL"] = self.services.rest_url
         if function.spec.handler == INSTRUMENTS_HANDLER and self.services.instruments_url:
             env["INSTRUMENT_MASTER_URL"] = self.services.instruments_url

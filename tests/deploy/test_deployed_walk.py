@@ -88,6 +88,7 @@ REDIS_DEPLOYABLES = [
     "functions.fanout.handler",
     "functions.schedule.handler",
     "functions.instruments.handler",
+    "functions.token.handler",
     "container:streamer",
     "container:bridge",
 ]
@@ -248,6 +249,8 @@ def _tokenless_event(handler: str, deployment: Deployment) -> dict[str, Any]:
         return {"action": "stop"}
     if handler == INSTRUMENTS_HANDLER:  # downloads the CSV, then fails on its first write
         return _event("instruments_schedule.json")
+    if handler == "functions.token.handler":  # fails on its lock or status write, before Dhan
+        return _event("token_schedule.json")
     raise AssertionError(f"no event for {handler}")
 
 

@@ -7,7 +7,8 @@ trading day: the clock is injected there and in the streamer's STREAMER_ALWAYS_O
 default watchlist streams with no admin stream -> viewers subscribe to keys no stream names
 (streamed by demand) -> an admin stream -> its record lapses while a viewer watches its keys ->
 the cache is flushed -> the feed sends 807 and the secret is rotated -> the feed goes down and
-comes back -> the scheduled stop. Viewers behave as the page does (tests/deploy/viewer.py).
+comes back -> the token renewal job renews the (by then nearly expired) token -> the scheduled
+stop. Viewers behave as the page does (tests/deploy/viewer.py).
 
 Invariants checked throughout: no viewer is shown a price older than the cache TTL as fresh;
 after each fault the newest price of every watched key arrives within a stated bound; health
@@ -32,7 +33,7 @@ import pytest
 
 from core.names import ltp_key, stream_key
 from tests.deploy.cloud import SIM_CLIENT_ID, Cloud, Synth, scheduled_time, secret_constructs
-from tests.deploy.deployment import Deployment, Services
+from tests.deploy.deployment import TOKEN_HANDLER, Deployment, Services
 from tests.deploy.harness import http_call, wait_for
 from tests.deploy.test_deployed_walk import SCHEDULED_TIME, Walk, admin_headers, tails_of
 from tests.deploy.viewer import Viewer
@@ -51,6 +52,10 @@ AFTER_FLUSH = 30  # every watched key live again after FLUSHALL
 AFTER_ROTATION = 30  # ... after 807 and a rotated secret
 HEALTH_LEAVES = 75  # health no longer "healthy" after the feed goes down
 AFTER_FEED_BACK = 90  # every watched key live again after the feed returns (backoff <= 60 s)
+AFTER_RENEWAL = 30  # every watched key live again after the token renewal
+# The day's tokens live 3 h, so the one in the secret is always within the renewal's urgent
+# mark (4 h): the job renews whatever the wall clock's IST hour (CI runs at any time).
+TOKEN_LIFETIME_SECONDS = 3 * 3600
 
 
 @dataclass
@@ -58,6 +63,7 @@ class DayFeed:
     url: str
     rest_url: str
     simulator: Any
+    tokens: Any  # local.dhan_sim.tokens.TokenAuthority
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +74,18 @@ def day_feed(dhan_token: str) -> Iterator[DayFeed]:
     from local.dhan_sim.prices import PriceBook
     from local.dhan_sim.rest import RestStandIn
     from local.dhan_sim.threaded import ThreadedFeedSimulator
+    from local.dhan_sim.tokens import TokenAuthority
 
     book = PriceBook(seed=11)
     config = SimConfig(host="127.0.0.1", port=0, client_id=SIM_CLIENT_ID,
                        access_token=dhan_token, rate=400.0, seed=11)  # fmt: skip
-    with ThreadedFeedSimulator(config, prices=book) as simulator:
-        rest = RestStandIn(book, client_id=SIM_CLIENT_ID, access_token=dhan_token).start()
+    # One Dhan: a renewal on the REST side kills the old token's feed sockets.
+    authority = TokenAuthority(SIM_CLIENT_ID, dhan_token,
+                               lifetime_seconds=TOKEN_LIFETIME_SECONDS)
+    with ThreadedFeedSimulator(config, prices=book, tokens=authority) as simulator:
+        rest = RestStandIn(book, tokens=authority).start()
         try:
-            yield DayFeed(simulator.url, rest.base_url, simulator)
+            yield DayFeed(simulator.url, rest.base_url, simulator, authority)
         finally:
             rest.close()
 
@@ -209,17 +219,26 @@ def test_a_trading_day(deploy_synth: Synth, cloud: Cloud, day_feed: DayFeed,
                  watch=tails_of(deployment, *everything))
 
         # --- a new token ----------------------------------------------------------------
-        def rotation() -> str:
+        (dhan_secret,) = [cloud.secret_arns[lid] for lid, role
+                          in secret_constructs(deploy_synth.stack).items() if role == "dhan"]
+
+        def secret_manager() -> Any:
             import boto3
 
-            new = f"rotated-{secrets.token_hex(8)}"
-            (dhan,) = [lid for lid, role in secret_constructs(deploy_synth.stack).items()
-                       if role == "dhan"]  # fmt: skip
-            manager = boto3.client("secretsmanager", region_name=cloud.region,
-                                   endpoint_url=cloud.moto_url, aws_access_key_id="testing",
-                                   aws_secret_access_key="testing")  # fmt: skip
+            return boto3.client("secretsmanager", region_name=cloud.region,
+                                endpoint_url=cloud.moto_url, aws_access_key_id="testing",
+                                aws_secret_access_key="testing")  # fmt: skip
+
+        def rotation() -> str:
+            from local.dhan_sim.tokens import encode_jwt
+
+            # A token minted elsewhere (web.dhan.co), JWT-shaped like Dhan's, 3 h to live.
+            new = encode_jwt({"iss": "dhan", "dhanClientId": SIM_CLIENT_ID,
+                              "exp": int(time.time()) + TOKEN_LIFETIME_SECONDS,
+                              "jti": secrets.token_hex(8)})
+            manager = secret_manager()
             try:
-                manager.put_secret_value(SecretId=cloud.secret_arns[dhan], SecretString=json.dumps(
+                manager.put_secret_value(SecretId=dhan_secret, SecretString=json.dumps(
                     {"client_id": SIM_CLIENT_ID, "access_token": new}))
             finally:
                 manager.close()
@@ -268,6 +287,54 @@ def test_a_trading_day(deploy_synth: Synth, cloud: Cloud, day_feed: DayFeed,
 
         walk.run("feed back: live and healthy again", feed_back,
                  needs=("feed down: health says so",), watch=tails_of(deployment, *everything))
+
+        # --- the token renewal --------------------------------------------------------
+        def renewal() -> str:
+            (chosen,) = [s for s in deployables.schedules
+                         if deployables.functions[s.target].spec.handler == TOKEN_HANDLER]
+            assert chosen.expression == "rate(30 minutes)", chosen.expression
+            old = day_feed.tokens.current
+
+            def streamer_token() -> dict[str, Any]:
+                beat = json.loads(redis.get("market_stream:heartbeat") or b"{}")
+                part: dict[str, Any] = beat.get("token") or {}
+                return part
+
+            changes = streamer_token().get("changes", 0)
+            since = time.time()
+            result = deployment.hosts[chosen.target].invoke(json.loads(chosen.input.replace(
+                SCHEDULED_TIME, datetime.now(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ"))))
+            assert not result.function_error, result.payload
+            assert result.payload["result"] == "renewed", result.payload
+            manager = secret_manager()
+            try:
+                current = json.loads(manager.get_secret_value(
+                    SecretId=dhan_secret)["SecretString"])["access_token"]
+                previous = json.loads(manager.get_secret_value(
+                    SecretId=dhan_secret, VersionStage="AWSPREVIOUS")["SecretString"])
+            finally:
+                manager.close()
+            assert current == day_feed.tokens.current != old
+            assert previous["access_token"] == old
+            measured["watched keys live after the token renewal (s)"] = all_live(
+                [state["a"], state["b"]], since, AFTER_RENEWAL,
+                "live again on the renewed token")
+            body = wait_for("health: the renewal reported",
+                            lambda: (b := health())["token"]["last_renewal"]
+                            and b["token"]["last_renewal"]["result"] == "renewed" and b,
+                            timeout=15, last_seen=lambda: str(health()["token"]))
+            seen = wait_for("the streamer on the new token", lambda: (
+                t := streamer_token()).get("changes", 0) > changes and t, timeout=15)
+            logs = deployment.processes.tails(10_000)
+            assert old not in logs and current not in logs, "a token reached a log"
+            return (f"renewed (version {result.payload['version_id']}); live again in "
+                    f"{measured['watched keys live after the token renewal (s)']} s; health: "
+                    f"{body['token']['seconds_left']} s left; streamer switched "
+                    f"{seen['switches']} connection(s) itself (the others were cut by Dhan)")
+
+        walk.run("the token renewal job renews; the streamer follows", renewal,
+                 needs=("a viewer's unnamed keys are streamed (demand)",),
+                 watch=tails_of(deployment, *everything))
 
         # --- evening --------------------------------------------------------------------
         def scheduled_stop() -> str:
