@@ -44,9 +44,10 @@ from redis.exceptions import AuthenticationError, RedisError
 from core import names
 from core.backoff import Backoff
 from core.config import Secret
-from core.dhan_token import seconds_left
+from core.dhan_token import token_expiry
 from core.emf import emf_line
 from core.errors import SecretError
+from core.messages import IST
 from core.secrets import (
     DHAN_TOKEN_FIELDS,
     PLACEHOLDER_CLIENT_ID,
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 METRIC = "TokenSecondsLeft"
 SERVICE = "token"
 LOCK_MS = 60_000
+TOKEN_LIFETIME_SECONDS = 86400.0  # Dhan's access tokens live 24 h
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -107,6 +109,7 @@ class _Current:
     credentials: DhanCredentials
     document: dict[str, Any]
     version_id: str
+    expires_at: float | None  # the token's `exp`, else what its renewal was told
 
 
 def emf_to_stdout(line: bytes) -> None:
@@ -158,7 +161,7 @@ class TokenRenewer:
                                now, None, "no DhanHQ token configured")
             return {"result": "unconfigured", "seconds_left": None, "expires_at": None,
                     "version_id": current.version_id}
-        left = seconds_left(current.credentials.access_token.value, now)
+        left = None if current.expires_at is None else current.expires_at - now
         decision = self._policy.decide(left, datetime.fromtimestamp(now, UTC))
         if decision == "expired":
             log.error("the DhanHQ token (secret version %s) expired %.0f s ago and cannot be "
@@ -187,17 +190,19 @@ class TokenRenewer:
                      current.version_id)
             return self._report("skipped", current, self._clock())
         old = current.credentials
-        token = self._call_dhan(old)
+        token, told = self._call_dhan(old)
         if token == old.access_token.value:
             raise RenewalError("Dhan answered RenewToken with the same token")
         version_id = self._put(current.document, token)
-        renewed = _Current(DhanCredentials(old.client_id, Secret(token)),
-                           current.document, version_id)
         now = self._clock()
+        # A token that is no JWT has no `exp`: then Dhan's `expiryTime`, else its 24 h.
+        expires_at = token_expiry(token) or told or now + TOKEN_LIFETIME_SECONDS
+        renewed = _Current(DhanCredentials(old.client_id, Secret(token)),
+                           current.document, version_id, expires_at)
         self._publish(version_id)
-        left = seconds_left(token, now)
-        log.info("DhanHQ token renewed: secret version %s, expires in %s", version_id,
-                 "an unknown time" if left is None else f"{left / 3600:.1f} h")
+        left = expires_at - now
+        log.info("DhanHQ token renewed: secret version %s, expires in %.1f h", version_id,
+                 left / 3600)
         return self._report("renewed", renewed, now, renewed_at=now)
 
     # -- Secrets Manager ---------------------------------------------------------------------
@@ -215,7 +220,22 @@ class TokenRenewer:
             credentials = parse_dhan_secret(text, fallback_client_id=self._fallback_client_id)
         except SecretError as exc:  # names fields, never the token
             raise RenewalError(f"secret {self._arn}: {exc}") from None
-        return _Current(credentials, json.loads(text), str(answer.get("VersionId", "")))
+        version_id = str(answer.get("VersionId", ""))
+        expires_at = token_expiry(credentials.access_token.value)
+        if expires_at is None:
+            expires_at = self._remembered_expiry(version_id)
+        return _Current(credentials, json.loads(text), version_id, expires_at)
+
+    def _remembered_expiry(self, version_id: str) -> float | None:
+        """What the renewal that wrote this version was told (a token that is not a JWT)."""
+        try:
+            status = _loads(self._redis.get(names.TOKEN_STATUS_KEY))
+        except RedisError:
+            return None
+        expires_at = status.get("expires_at")
+        if status.get("version_id") != version_id or not isinstance(expires_at, int | float):
+            return None
+        return float(expires_at)
 
     def _put(self, document: dict[str, Any], token: str) -> str:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -241,10 +261,12 @@ class TokenRenewer:
                            "written; the old token is dead: put a new one in by hand")
 
     # -- Dhan ------------------------------------------------------------------------------
-    def _call_dhan(self, credentials: DhanCredentials) -> str:
+    def _call_dhan(self, credentials: DhanCredentials) -> tuple[str, float | None]:
+        """The new token and the expiry Dhan states for it (`expiryTime`), if any."""
         secret = credentials.access_token.value
+        # Dhan's RenewToken documents `dhanClientId`; its other REST calls say `client-id`.
         headers = {"access-token": secret, "dhanClientId": credentials.client_id,
-                   "Accept": "application/json"}
+                   "client-id": credentials.client_id, "Accept": "application/json"}
         problem = ""
         for attempt in range(1, self._attempts + 1):
             try:
@@ -256,7 +278,7 @@ class TokenRenewer:
                 if response.status_code == 200:
                     token = _token_of(body)
                     if token:
-                        return token
+                        return token, _expiry_time(body)
                     raise RenewalError("Dhan's RenewToken answer holds no token")
                 problem = f"HTTP {response.status_code} {_describe(body, secret)}"
                 if response.status_code not in _RETRY_STATUSES:
@@ -284,8 +306,8 @@ class TokenRenewer:
 
     def _report(self, result: Result, current: _Current, now: float, *,
                 renewed_at: float | None = None, error: str = "") -> Outcome:
-        left = seconds_left(current.credentials.access_token.value, now)
-        expires_at = None if left is None else now + left
+        expires_at = current.expires_at
+        left = None if expires_at is None else expires_at - now
         outcome: Outcome = {"result": result, "seconds_left": left, "expires_at": expires_at,
                             "version_id": current.version_id}
         self._write_status(outcome, now, renewed_at, error)
@@ -335,6 +357,20 @@ def _token_of(body: Any) -> str:
                 if isinstance(value, str) and value.strip():
                     return value.strip()
     return ""
+
+
+def _expiry_time(body: Any) -> float | None:
+    """`expiryTime` of a RenewToken answer (ISO; IST when it names no zone)."""
+    holders = (body, body.get("data") if isinstance(body, dict) else None)
+    for holder in holders:
+        value = holder.get("expiryTime") if isinstance(holder, dict) else None
+        if isinstance(value, str):
+            try:
+                stamp = datetime.fromisoformat(value.strip())
+            except ValueError:
+                return None
+            return (stamp if stamp.tzinfo else stamp.replace(tzinfo=IST)).timestamp()
+    return None
 
 
 def _describe(body: Any, secret: str) -> str:

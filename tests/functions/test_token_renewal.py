@@ -258,3 +258,38 @@ def test_the_deploy_time_placeholder_is_not_sent_to_dhan(world: World) -> None:
     assert world.renewer().run()["result"] == "unconfigured"
     assert world.renew_calls() == 0 and world.emitted == []  # the alarm sees no datapoint
     assert world.status()["error"] == "no DhanHQ token configured"
+
+
+@pytest.mark.parametrize("expiry_time", ["2026-12-01T22:00:00", None])
+def test_a_token_that_is_no_jwt_takes_its_expiry_from_the_answer(
+    world: World, expiry_time: str | None
+) -> None:
+    """Another Dhan stand-in (or a future Dhan) may hand out opaque tokens: the expiry then
+    comes from `expiryTime` (IST when it names no zone), else Dhan's 24 h, and the next run
+    does not renew again."""
+    answers: list[httpx.Request] = []
+
+    def dhan(request: httpx.Request) -> httpx.Response:
+        answers.append(request)
+        body: dict[str, Any] = {"accessToken": f"opaque-{len(answers)}"}
+        if expiry_time:
+            body["expiryTime"] = expiry_time
+        return httpx.Response(200, json=body)
+
+    world.clock.now = ist("2026-11-30T22:00:00")
+    with httpx.Client(transport=httpx.MockTransport(dhan)) as http:
+        renewer = TokenRenewer(secrets_client=world.secrets, secret_arn=world.arn, http=http,
+                               api_base_url="https://api.dhan.example/v2", redis=world.redis,
+                               clock=world.clock, sleep=lambda _: None, emit=lambda _: None)
+        outcome = renewer.run()
+        expected = ist(expiry_time) if expiry_time else world.clock.now + DAY
+        assert outcome["result"] == "renewed" and outcome["expires_at"] == expected
+        assert answers[0].method == "GET" and answers[0].url.path == "/v2/RenewToken"
+        assert answers[0].headers["dhanClientId"] == CLIENT
+        world.clock.now += STEP_SECONDS
+        again = renewer.run()
+    assert again["result"] == "skipped" and again["expires_at"] == expected
+    assert len(answers) == 1
+
+
+STEP_SECONDS = 1800
