@@ -34,28 +34,13 @@ from local.dhan_sim.rest import RestStandIn
 from local.dhan_sim.tokens import TokenAuthority
 from streamer.service import Streamer
 from streamer.settings import CredentialSource
-from tests.streamer.test_service import (
-    CLIENT,
-    expected_prices,
-    fast_settings,
-    keys_csv,
-    redis_prices,
-    running,
-    until,
-)
-from tests.streamer.test_tokenwatch import on_token
+from tests.functions.test_token_renewal import Clock
+from tests.streamer.test_service import CLIENT, fast_settings, keys_csv, running, until
+from tests.streamer.test_tokenwatch import newest_prices_converge, on_token
 
 STALE_BOUND_SECONDS = 5.0
 STEP = 1800.0  # the renewal schedule: every 30 minutes
 DAYS = 3
-
-
-class Clock:
-    def __init__(self, at: float) -> None:
-        self.now = at
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Gaps:
@@ -127,7 +112,7 @@ async def test_three_days_of_streaming_renew_the_token_with_no_human_step(
                         outcome = await asyncio.to_thread(renewer.run)
                         if outcome["result"] == "renewed":
                             await until(lambda: on_token(streamer, authority.current))
-                            await newest_prices_arrive(sim, redis_client)
+                            await newest_prices_converge(sim, redis_client)
                             renewals.append({"at": datetime.fromtimestamp(clock.now, IST),
                                              "worst_gap_s": round(gaps.worst, 3)})
                         else:
@@ -136,7 +121,7 @@ async def test_three_days_of_streaming_renew_the_token_with_no_human_step(
                             await sim.drop_connections()
                             await until(lambda: on_token(streamer, authority.current)
                                         and sim.connection_count == 2)
-                            await newest_prices_arrive(sim, redis_client)
+                            await newest_prices_converge(sim, redis_client)
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
 
@@ -153,10 +138,3 @@ async def test_three_days_of_streaming_renew_the_token_with_no_human_step(
     assert first_token not in text and authority.current not in text
     assert streamer.tokens.changes == len(renewals)  # each renewal reached the streamer once
 
-
-async def newest_prices_arrive(sim: FeedSimulator, client: redis.Redis) -> None:
-    sim.mute(True)
-    await asyncio.sleep(0.05)
-    expected = expected_prices(sim)
-    await until(lambda: redis_prices(client, sorted(expected)) == expected)
-    sim.mute(False)
