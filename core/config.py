@@ -38,7 +38,9 @@ class Env:
 
     def secret(self, name: str, *, blank_is_error: bool = False) -> Secret:
         """A secret value; with `blank_is_error`, a variable that is set but blank (or only
-        whitespace) is a configuration error rather than "no secret"."""
+        whitespace) is a configuration error rather than "no secret". Without it, such a
+        variable reads as an empty Secret and `is_blank` tells it apart from an absent one
+        (for settings that refuse requests over it rather than refusing to start)."""
         raw = self._environ.get(name)
         if raw is None:
             return Secret("")
@@ -46,6 +48,11 @@ class Env:
         if not value and blank_is_error:
             raise ConfigError(f"{name} is set but blank: give the value or unset it")
         return Secret(value)
+
+    def is_blank(self, name: str) -> bool:
+        """True when the variable is set but empty or only whitespace (absent is not blank)."""
+        raw = self._environ.get(name)
+        return raw is not None and not raw.strip()
 
     def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
         raw = self._environ.get(name, "").strip()

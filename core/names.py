@@ -74,6 +74,14 @@ CARRIAGE_TTL_SECONDS = 120
 DEMAND_CHANGED = "demand_changed"
 
 DHAN_REST_RATELIMIT_KEY = "dhan:rest:ratelimit"
+# functions.ratelimit: one caller's share of the REST slots ({digest of the caller}, PX).
+DHAN_REST_CALLER_PREFIX = "dhan:rest:caller:"
+# functions.dhan_rest: keys Dhan had no price for ({SEG}:{ID}, EX; not under ltp:, which
+# holds prices only).
+DHAN_REST_NOT_FOUND_PREFIX = "dhan:rest:not_found:"
+# functions.streams: the names of the streams (a SET kept with the records), so that health
+# reads them without a SCAN.
+STREAM_INDEX_KEY = "market_stream:streams"
 TOKEN_STATUS_KEY = "dhan:token:status"
 TOKEN_STATUS_TTL_SECONDS = 3 * 86400
 TOKEN_RENEW_LOCK_KEY = "dhan:token:renew_lock"

@@ -71,19 +71,25 @@ class SecretsManagerReader:
 
 
 def pick_field(text: str, fields: tuple[str, ...], *, allow_plain: bool) -> str:
-    """A field of a JSON-object secret, or the text itself for a plain secret (stripped)."""
+    """A field of a JSON-object secret, or the text itself for a plain secret (stripped).
+
+    Text that opens like a JSON object must be one: a hand-edited secret that lost a brace
+    (or holds a raw tab in a value, accepted here) is never taken for a plain key, since its
+    literal text would be a guessable key. Generated values have no punctuation."""
     stripped = text.strip()
     if stripped.startswith("{"):
         try:
-            document = json.loads(stripped)
+            document = json.loads(stripped, strict=False)
         except ValueError:
-            document = None
+            # Not chained: the decoder's error holds the text.
+            raise SecretError("secret looks like a JSON object but does not parse") from None
         if isinstance(document, dict):
             for field in fields:
                 value = document.get(field)
                 if isinstance(value, str) and value.strip():
                     return value.strip()
-            raise SecretError(f"secret has none of the fields {', '.join(fields)}")
+            raise SecretError(f"secret has none of the fields {', '.join(fields)} "
+                              "with a non-blank value")
     if allow_plain:
         return stripped
     raise SecretError(f"secret must be a JSON object with {', '.join(fields)}")

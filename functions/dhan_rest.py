@@ -2,17 +2,34 @@
 
 Pure parts: `plan_calls` (keys -> calls of at most 1,000 ids, grouped by segment) and
 `parse_ltp_answer` (one SDK answer -> prices, per-key reasons, an error entry).
+Pure parts also: `screen_misses` (which misses are worth a call at all).
 I/O parts: `SdkLtpSource` (the SDK's REST `MarketFeed.ticker_data`, imported lazily: most
-requests never need it), `fetch_prices` (limiter + calls within a time budget) and
-`store_prices` (`SET NX EX 30`: a fetched price never overwrites the stream's).
+requests never need it), `read_screen` (one pipeline: is a master loaded, which misses it
+knows, which ones Dhan recently had no price for), `fetch_prices` (limiter + calls within a
+time budget) and `store_prices` (`SET NX EX 30`: a fetched price never overwrites the
+stream's; and the keys Dhan had no price for, remembered).
+
+Before any call, misses are screened, so that random or unknown ids cost no REST slot:
+- with an instrument master loaded (`instruments:meta` exists), a key the master does not know
+  (not a field of `instruments:symbols`) is answered `unknown_instrument`; without a master
+  every key may be fetched, as before;
+- a key Dhan answered without a price is remembered as `dhan:rest:not_found:{SEG}:{ID}`
+  (`NOT_FOUND_PREFIX`, value "1", `EX DHAN_NOT_FOUND_TTL_SECONDS`, default 300 s) and answered
+  `not_found` from there until it lapses. A price in `ltp:{SEG}:{ID}` (the stream's, or a
+  later fetch's) wins: only keys the cache had no price for are screened. (Not under `ltp:`
+  on purpose: a consumer scanning `ltp:*` must find prices only.)
 
 The SDK answers failures with `{"status": "failure", "remarks": ...}` instead of raising;
 they end up as reasons in `missing` and entries in `errors`, never as exceptions.
 
 Reasons a key can be missing:
-  not_found            Dhan answered but had no price for it
-  rate_limited         no REST slot within the budget, or Dhan answered 429 / DH-904 / 805
-                       twice for the same call (the first is retried on the next slot)
+  not_found            Dhan answered but had no price for it (now, or within the last
+                       DHAN_NOT_FOUND_TTL_SECONDS: then no call was made)
+  unknown_instrument   not in the loaded instrument master: no call was made
+  rate_limited         no REST slot within the budget, or this caller's share of slots is
+                       used up (answered at once; `errors` has a `caller_share` entry), or
+                       Dhan answered 429 / DH-904 / 805 twice for the same call (the first
+                       is retried on the next slot)
   timeout              the call timed out, or the budget ran out before it could be made
   dhan_auth_error      Dhan rejected the credentials (DH-901, 807-810)
   dhan_not_subscribed  the account lacks the Data API plan (806)
@@ -34,7 +51,13 @@ from redis import Redis
 from core.config import Secret
 from core.instruments import InstrumentKey
 from core.messages import format_price
-from core.names import LTP_TTL_SECONDS, ltp_key
+from core.names import (
+    DHAN_REST_NOT_FOUND_PREFIX,
+    INSTRUMENT_META_KEY,
+    INSTRUMENT_SYMBOLS_KEY,
+    LTP_TTL_SECONDS,
+    ltp_key,
+)
 from functions.ratelimit import RateLimiter
 from functions.secrets import DhanCredentials
 
@@ -43,18 +66,25 @@ MAX_IDS_PER_CALL = 1000
 MIN_CALL_SECONDS = 0.2
 
 NOT_FOUND = "not_found"
+UNKNOWN_INSTRUMENT = "unknown_instrument"
 RATE_LIMITED = "rate_limited"
 TIMEOUT = "timeout"
 AUTH_ERROR = "dhan_auth_error"
 NOT_SUBSCRIBED = "dhan_not_subscribed"
 DHAN_ERROR = "dhan_error"
 NOT_CONFIGURED = "dhan_not_configured"
+CALLER_SHARE = "caller_share"
+
+NOT_FOUND_PREFIX = DHAN_REST_NOT_FOUND_PREFIX
+DEFAULT_NOT_FOUND_TTL_SECONDS = 300
 
 _RATE_CODES = {"DH-904", "805", "429"}
 _AUTH_CODES = {"DH-901", "807", "808", "809", "810"}
 _NOT_SUBSCRIBED_CODES = {"806", "DH-902"}
 # Reasons after which the remaining calls of this request would fail the same way.
 _STOP_REASONS = {RATE_LIMITED, AUTH_ERROR, NOT_SUBSCRIBED}
+# Failures of the deployment's credentials, not of the caller's keys: not charged to its share.
+_REFUND_REASONS = {AUTH_ERROR, NOT_SUBSCRIBED}
 
 
 class LtpSource(Protocol):
@@ -108,16 +138,78 @@ class SdkSourceCache:
             return self._current[1]
 
 
+def not_found_key(key: InstrumentKey | str) -> str:
+    return f"{NOT_FOUND_PREFIX}{key}"
+
+
 @dataclass
 class FetchResult:
     prices: dict[str, float] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
     calls: int = 0
+    # Misses answered by the screen without a call (`screen_misses`), and keys refused because
+    # the caller's share was used up.
+    unknown: int = 0
+    remembered: int = 0
+    caller_refused: int = 0
 
     def give_up(self, keys: Iterable[InstrumentKey], reason: str) -> None:
         for key in keys:
             self.missing[str(key)] = reason
+
+    def not_found(self) -> list[str]:
+        """Keys Dhan answered without a price in this fetch (to be remembered)."""
+        return [key for key, reason in self.missing.items() if reason == NOT_FOUND]
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """Misses split into those worth a call (`fetch`) and those answered without one."""
+
+    fetch: list[str]
+    missing: dict[str, str] = field(default_factory=dict)
+    unknown: int = 0
+    remembered: int = 0
+
+
+def screen_misses(
+    keys: Sequence[str],
+    *,
+    master_loaded: bool,
+    symbols: Sequence[bytes | str | None],
+    remembered: Sequence[bytes | str | None],
+) -> Screened:
+    """Pure: with a master loaded, a key without a symbol is unknown; a key with a live
+    not-found entry is not found; the rest are fetched. `symbols` and `remembered` are the
+    per-key values of `instruments:symbols` and of the not-found entries, in `keys` order."""
+    fetch: list[str] = []
+    missing: dict[str, str] = {}
+    unknown = found_before = 0
+    for key, symbol, before in zip(keys, symbols, remembered, strict=True):
+        if master_loaded and symbol is None:
+            missing[key] = UNKNOWN_INSTRUMENT
+            unknown += 1
+        elif before is not None:
+            missing[key] = NOT_FOUND
+            found_before += 1
+        else:
+            fetch.append(key)
+    return Screened(fetch, missing, unknown, found_before)
+
+
+def read_screen(keys: Sequence[str], *, redis: Redis) -> Screened:
+    """One round trip for the screen: the master's presence, the keys' symbols (the master is
+    `core.instrument_master`'s; read here in the same pipeline rather than a round trip of its
+    own) and their not-found entries."""
+    if not keys:
+        return Screened([])
+    pipe = redis.pipeline(transaction=False)
+    pipe.exists(INSTRUMENT_META_KEY)
+    pipe.hmget(INSTRUMENT_SYMBOLS_KEY, list(keys))
+    pipe.mget([not_found_key(key) for key in keys])
+    loaded, symbols, remembered = pipe.execute()
+    return screen_misses(keys, master_loaded=bool(loaded), symbols=symbols, remembered=remembered)
 
 
 def plan_calls(
@@ -230,6 +322,12 @@ def fetch_prices(
         if not limiter.acquire(deadline=deadline - MIN_CALL_SECONDS):
             for rest in calls[index:]:
                 result.give_up(rest, RATE_LIMITED)
+            refusal = limiter.refusal
+            if refusal is not None and refusal.caller_refused:
+                refused = [key for rest in calls[index:] for key in rest]
+                result.caller_refused = len(refused)
+                result.errors.append(caller_share_error(refused, wait=refusal.wait,
+                                                        interval=limiter.caller_interval))
             break
         timeout = min(call_timeout, deadline - clock())
         if timeout < MIN_CALL_SECONDS:
@@ -255,6 +353,8 @@ def fetch_prices(
             error["keys"] = len(call)
             error["segments"] = sorted({key.segment for key in call})
             result.errors.append(error)
+            if error["reason"] in _REFUND_REASONS:
+                limiter.refund_share()
             if error["reason"] in _STOP_REASONS:
                 for rest in calls[index:]:
                     result.give_up(rest, error["reason"])
@@ -262,11 +362,29 @@ def fetch_prices(
     return result
 
 
-def store_prices(*, redis: Redis, prices: Mapping[str, float]) -> None:
-    """Cache fetched prices for the stream's TTL, but only where the stream has not written."""
-    if not prices:
+def caller_share_error(keys: Sequence[InstrumentKey], *, wait: float,
+                       interval: float) -> dict[str, Any]:  # fmt: skip
+    return {"reason": RATE_LIMITED, "code": CALLER_SHARE, "type": "Caller_Share",
+            "message": f"this caller's share of DhanHQ REST calls (one per {interval:g} s) is "
+                       f"used up; retry in {math.ceil(wait)} s",
+            "keys": len(keys), "segments": sorted({key.segment for key in keys})}  # fmt: skip
+
+
+def store_prices(
+    *,
+    redis: Redis,
+    prices: Mapping[str, float],
+    not_found: Sequence[str] = (),
+    not_found_ttl: int = DEFAULT_NOT_FOUND_TTL_SECONDS,
+) -> None:
+    """Cache fetched prices for the stream's TTL, but only where the stream has not written;
+    remember the keys Dhan had no price for (`not_found`) for `not_found_ttl` s (0: not)."""
+    remember = not_found if not_found_ttl > 0 else ()
+    if not prices and not remember:
         return
     pipe = redis.pipeline(transaction=False)
     for key, price in prices.items():
         pipe.set(ltp_key(key), format_price(price), nx=True, ex=LTP_TTL_SECONDS)
+    for key in remember:
+        pipe.set(not_found_key(key), "1", ex=not_found_ttl)
     pipe.execute()

@@ -100,26 +100,39 @@ def _boto3_secrets_client() -> SecretsClient:
 
 
 def _resolve_plain(
-    arn: str, fallback: Secret, fields: tuple[str, ...], variable: str,
-    secrets: SecretsCache | None,
+    settings: Settings, arn: str, fallback: Secret, fields: tuple[str, ...],
+    variables: tuple[str, str], secrets: SecretsCache | None,
 ) -> Secret:
-    """A one-value secret: from Secrets Manager when its ARN is set, else the env value."""
+    """A one-value guard secret: from Secrets Manager when its ARN is set, else the env value.
+
+    Fails closed: a variable that is set but blank, or a secret whose value (or field) is
+    blank, raises SecretError; only a secret configured nowhere is "no secret" (empty).
+    """
+    plain, arn_variable = variables
+    for variable in variables:
+        if variable in settings.blank_secrets:
+            raise SecretError(f"{variable} is set but blank: give it a value or unset it "
+                              "(a blank secret never turns the check off)")  # fmt: skip
     if not arn:
         return fallback
     if secrets is None:
-        raise SecretError(f"{variable} is set but no Secrets Manager client is available")
-    return Secret(pick_field(secrets.get(arn), fields, allow_plain=True))
+        raise SecretError(f"{arn_variable} is set but no Secrets Manager client is available")
+    value = pick_field(secrets.get(arn), fields, allow_plain=True)
+    if not value:
+        raise SecretError(f"the secret named by {arn_variable} is blank (it holds {plain})")
+    return Secret(value)
 
 
 def resolve_admin_key(settings: Settings, *, secrets: SecretsCache | None) -> Secret:
     """The admin key start/stop require; an empty Secret means no key is configured."""
-    return _resolve_plain(settings.admin_secret_arn, settings.admin_api_key, ADMIN_FIELDS,
-                          "ADMIN_SECRET_ARN", secrets)
+    return _resolve_plain(settings, settings.admin_secret_arn, settings.admin_api_key,
+                          ADMIN_FIELDS, ("ADMIN_API_KEY", "ADMIN_SECRET_ARN"), secrets)
 
 
 def resolve_ws_token_secret(settings: Settings, *, secrets: SecretsCache | None) -> Secret:
-    return _resolve_plain(settings.ws_token_secret_arn, settings.ws_token_secret,
-                          WS_TOKEN_FIELDS, "WS_TOKEN_SECRET_ARN", secrets)
+    """The connect tokens' signing key; an empty Secret means connects need no token."""
+    return _resolve_plain(settings, settings.ws_token_secret_arn, settings.ws_token_secret,
+                          WS_TOKEN_FIELDS, ("WS_TOKEN_SECRET", "WS_TOKEN_SECRET_ARN"), secrets)
 
 
 def resolve_redis_password(settings: Settings, *, secrets: SecretsCache | None) -> Secret:

@@ -16,16 +16,31 @@ any repr or log line); in AWS they are named by an ARN and resolved by `function
 | DHAN_REST_TIMEOUT_SECONDS | 2.0 | HTTP timeout of one DhanHQ REST call |
 | DHAN_REST_BUDGET_SECONDS | 2.5 | all REST fallback work of one request, waits included |
 | DHAN_REST_MIN_INTERVAL_SECONDS | 1.0 | deployment-wide spacing of REST calls (Dhan: 1/s) |
+| DHAN_REST_CALLER_INTERVAL_SECONDS | 5.0 | a caller's REST share: one fetch per interval (0: off) |
+| DHAN_NOT_FOUND_TTL_SECONDS | 300 | a key Dhan had no price for is not_found this long (0: off) |
 | DHANHQ_WS_MODE | quote | default mode of a stream started without one |
 | ADMIN_API_KEY / ADMIN_SECRET_ARN | "" | when set, start/stop need `Authorization: Bearer` |
 | WS_TOKEN_SECRET / WS_TOKEN_SECRET_ARN | "" | signing key of WebSocket connect tokens |
+| WS_TOKEN_TTL_SECONDS | 60 | life of a connect token (1 ... 3600) |
+| WS_TOKEN_PER_IP_PER_MINUTE | 30 | tokens an address (OIDC: a user) gets a minute; 0: no limit |
+| WS_TOKEN_IDENTITY | ip | `oidc`: ws_token needs the JWT authorizer's subject (identity mode a) |
 | STREAMER_CLUSTER, STREAMER_SERVICE | "" | the ECS service start/stop scale (unset locally) |
 | WEBSOCKET_CALLBACK_URL | "" | the `@connections` endpoint of the WebSocket API |
 | SECRETS_CACHE_SECONDS | 300 | how long a resolved secret is reused |
 | HEARTBEAT_STALE_SECONDS | 45 | heartbeat age beyond which the stream is "stale" |
 | HEALTH_TICK_STALE_SECONDS | 30 | newest tick older than this in market hours: "degraded" |
 | HEALTH_BRIDGE_STALE_SECONDS | 45 | relay bridge heartbeat older than this (or none): "degraded" |
+| HEALTH_CACHE_SECONDS | 3 | the whole health answer is reused this long in a container (0: off) |
+| HEALTH_ECS_CACHE_SECONDS | 30 | the streamer service's ECS counts are reused this long (0: off) |
 | POWERTOOLS_METRICS_NAMESPACE | LtpStream | CloudWatch namespace of the EMF metrics |
+
+Absent and blank are not the same. An absent ADMIN_API_KEY / WS_TOKEN_SECRET (and no ARN) means
+"no check", as in a local run. One that is set but blank or only whitespace (so is a blank
+ADMIN_SECRET_ARN / WS_TOKEN_SECRET_ARN) is a mistake: it is recorded in `blank_secrets`, and
+every request that needs that secret is refused (`functions.secrets` raises SecretError: 503
+from the API, a failed connect from the authorizer) instead of turning the check off. The other
+routes keep working, which failing at start would not allow. (REDIS_AUTH_TOKEN blank fails at
+start: `core.redis_client`.)
 """
 
 from __future__ import annotations
@@ -42,6 +57,12 @@ from core.config import (
 )
 from core.errors import ConfigError
 from core.redis_client import RedisSettings
+
+# The guard secrets: set but blank is refused per request (see the module docstring).
+GUARD_SECRET_VARIABLES = ("ADMIN_API_KEY", "ADMIN_SECRET_ARN", "WS_TOKEN_SECRET",
+                          "WS_TOKEN_SECRET_ARN")
+MAX_WS_TOKEN_TTL_SECONDS = 3600
+WS_TOKEN_IDENTITIES = ("ip", "oidc")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +85,21 @@ class Settings:
     # Dhan allows 1 call/s; the slot is taken when a call leaves, so network jitter can bring two
     # calls closer together at Dhan's end than here: keep a margin.
     dhan_rest_min_interval: float = 1.1
+    # One caller (source IP, or JWT subject) may take one REST slot per this many seconds, so a
+    # single caller cannot take every one of the deployment's 1/s slots.
+    dhan_rest_caller_interval: float = 5.0
+    dhan_not_found_ttl: int = 300
     ws_mode: str = "quote"
 
     admin_api_key: Secret = Secret("")
     admin_secret_arn: str = ""
     ws_token_secret: Secret = Secret("")
     ws_token_secret_arn: str = ""
+    # Which of GUARD_SECRET_VARIABLES are set but blank.
+    blank_secrets: frozenset[str] = frozenset()
+    ws_token_ttl_seconds: int = 60
+    ws_token_per_ip_per_minute: int = 30
+    ws_token_identity: str = "ip"
 
     streamer_cluster: str = ""
     streamer_service: str = ""
@@ -79,6 +109,8 @@ class Settings:
     heartbeat_stale_seconds: float = 45.0
     health_tick_stale_seconds: float = 30.0
     health_bridge_stale_seconds: float = 45.0
+    health_cache_seconds: float = 3.0
+    health_ecs_cache_seconds: float = 30.0
     metrics_namespace: str = "LtpStream"
 
     @classmethod
@@ -101,11 +133,19 @@ class Settings:
             dhan_rest_min_interval=env.number(
                 "DHAN_REST_MIN_INTERVAL_SECONDS", 1.1, minimum=0.001
             ),
+            dhan_rest_caller_interval=env.number(
+                "DHAN_REST_CALLER_INTERVAL_SECONDS", 5.0, minimum=0.0
+            ),
+            dhan_not_found_ttl=env.integer("DHAN_NOT_FOUND_TTL_SECONDS", 300, minimum=0),
             ws_mode=env.choice("DHANHQ_WS_MODE", "quote", WS_MODES),
             admin_api_key=env.secret("ADMIN_API_KEY"),
             admin_secret_arn=env.text("ADMIN_SECRET_ARN"),
             ws_token_secret=env.secret("WS_TOKEN_SECRET"),
             ws_token_secret_arn=env.text("WS_TOKEN_SECRET_ARN"),
+            blank_secrets=frozenset(n for n in GUARD_SECRET_VARIABLES if env.is_blank(n)),
+            ws_token_ttl_seconds=env.integer("WS_TOKEN_TTL_SECONDS", 60, minimum=1),
+            ws_token_per_ip_per_minute=env.integer("WS_TOKEN_PER_IP_PER_MINUTE", 30, minimum=0),
+            ws_token_identity=env.choice("WS_TOKEN_IDENTITY", "ip", WS_TOKEN_IDENTITIES),
             streamer_cluster=env.text("STREAMER_CLUSTER"),
             streamer_service=env.text("STREAMER_SERVICE"),
             websocket_callback_url=env.text("WEBSOCKET_CALLBACK_URL"),
@@ -115,10 +155,16 @@ class Settings:
             health_bridge_stale_seconds=env.number(
                 "HEALTH_BRIDGE_STALE_SECONDS", 45.0, minimum=1.0
             ),
+            health_cache_seconds=env.number("HEALTH_CACHE_SECONDS", 3.0, minimum=0.0),
+            health_ecs_cache_seconds=env.number("HEALTH_ECS_CACHE_SECONDS", 30.0, minimum=0.0),
             metrics_namespace=env.text("POWERTOOLS_METRICS_NAMESPACE", "LtpStream"),
         )
         if bool(settings.streamer_cluster) != bool(settings.streamer_service):
             raise ConfigError("STREAMER_CLUSTER and STREAMER_SERVICE must be set together")
+        if settings.ws_token_ttl_seconds > MAX_WS_TOKEN_TTL_SECONDS:
+            raise ConfigError(f"WS_TOKEN_TTL_SECONDS must be <= {MAX_WS_TOKEN_TTL_SECONDS} "
+                              f"(connect tokens are short-lived), got "
+                              f"{settings.ws_token_ttl_seconds}")
         return settings
 
     @property

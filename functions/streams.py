@@ -9,6 +9,16 @@ a record as unreadable. The streamer subscribes to the union of all `keys`
 and re-reads the registry when `{"type": "streams_changed", "name": NAME}` arrives on
 `core.names.CONTROL_CHANNEL`.
 
+Index (the project's own): `market_stream:streams` (`STREAM_INDEX_KEY`), a SET of the names of
+registered streams, so that health reads the streams with SMEMBERS + MGET instead of a SCAN of
+the whole keyspace (`read_indexed_streams`). Start and stop keep it in the same pipeline, under
+the same lock, as the records they write and delete; both also add every stream their SCAN
+found, so a record written by another writer (the seed's) joins the index at the next start or
+stop. A record that lapsed (its 1 h TTL) leaves the index when a reader sees it missing: a
+script removes exactly the names whose record is still absent, so a start re-registering one
+between the read and the removal keeps it. Not under `websocket_stream:` on purpose: a SCAN of
+`websocket_stream:*` (the streamer's, `streamer.keysource`) must see only streams.
+
 `start_streams` / `stop_streams` are the whole operations (registry + announcement + scaling)
 and are shared by the API's start/stop routes and the scheduler. The read-check-write of the
 registry and the scaling decision run under a short Redis lock, so two concurrent starts cannot
@@ -32,6 +42,7 @@ from core.config import WS_MODES
 from core.messages import dumps, utc_now_iso
 from core.names import (
     CONTROL_CHANNEL,
+    STREAM_INDEX_KEY,
     STREAM_PATTERN,
     STREAM_REGISTRY_LOCK_KEY,
     STREAM_TTL_SECONDS,
@@ -56,6 +67,18 @@ LOCK_WAIT_SECONDS = 3.0
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# KEYS[1]: the index, KEYS[2..]: the records of ARGV's names. Removes each name whose record
+# does not exist now (atomically: a record written since the reader's MGET keeps its name).
+_PRUNE = """
+local removed = 0
+for i, name in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    removed = removed + redis.call('SREM', KEYS[1], name)
+  end
+end
+return removed
 """
 
 # Streamer states reported by start/stop.
@@ -121,6 +144,26 @@ def read_streams(*, redis: Redis) -> dict[str, Stream | None]:
     for key, raw in zip(names, values, strict=True):
         if raw is not None:  # expired between SCAN and MGET
             streams[stream_name(key)] = Stream.from_json(stream_name(key), raw)
+    return streams
+
+
+def read_indexed_streams(*, redis: Redis) -> dict[str, Stream | None]:
+    """Every indexed stream by name (None for a value that is not a valid stream), without a
+    SCAN: SMEMBERS of the index, one MGET of the records; lapsed names are pruned."""
+    names = sorted(as_text(raw) for raw in redis.smembers(STREAM_INDEX_KEY))
+    if not names:
+        return {}
+    values = redis.mget([stream_key(name) for name in names])
+    streams: dict[str, Stream | None] = {}
+    lapsed: list[str] = []
+    for name, raw in zip(names, values, strict=True):
+        if raw is None:
+            lapsed.append(name)
+        else:
+            streams[name] = Stream.from_json(name, raw)
+    if lapsed:
+        redis.eval(_PRUNE, 1 + len(lapsed), STREAM_INDEX_KEY,
+                   *(stream_key(name) for name in lapsed), *lapsed)  # fmt: skip
     return streams
 
 
@@ -260,6 +303,8 @@ def start_streams(
         pipe = redis.pipeline(transaction=False)
         for stream in streams:
             pipe.set(stream_key(stream.name), stream.to_json(), ex=STREAM_TTL_SECONDS)
+        if current or replaced:
+            pipe.sadd(STREAM_INDEX_KEY, *sorted({*current, *replaced}))
         for name in changed:
             pipe.publish(CONTROL_CHANNEL, dumps({"type": STREAMS_CHANGED, "name": name}))
         pipe.execute()
@@ -283,13 +328,20 @@ def stop_streams(
         current = read_streams(redis=redis)
         targets = list(current) if names is None else [validate_name(n) for n in names]
         stopped = [name for name in targets if name in current]
+        remaining = [name for name in current if name not in set(targets)]
+        pipe = redis.pipeline(transaction=False)
         if stopped:
-            pipe = redis.pipeline(transaction=False)
             pipe.delete(*(stream_key(name) for name in stopped))
             for name in stopped:
                 pipe.publish(CONTROL_CHANNEL, dumps({"type": STREAMS_CHANGED, "name": name}))
-            pipe.execute()
-        remaining = [name for name in current if name not in set(targets)]
+        # Named ones leave the index even when their record had already lapsed.
+        if names is None:
+            pipe.delete(STREAM_INDEX_KEY)
+        elif targets:
+            pipe.srem(STREAM_INDEX_KEY, *targets)
+        if remaining:
+            pipe.sadd(STREAM_INDEX_KEY, *remaining)
+        pipe.execute()
         total = union_size([current[name] for name in remaining])
         state = STILL_NEEDED if remaining else stop_streamer(service)
     return StopResult(stopped=stopped, not_found=[n for n in targets if n not in current],

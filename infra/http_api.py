@@ -3,16 +3,29 @@
 Every route goes to `functions.api.handler` (Mangum over the FastAPI app, which does its own
 routing, validation and the admin bearer check on start/stop), through a `$default` stage with
 access logs and a throttle.
+
+The product's routes are declared here as well (the FastAPI app still routes inside the
+function), so that each gets its own throttle: prices, ws_token, health and the control routes
+(start/stop) have separate rate/burst as stage route settings, and anything else (docs,
+openapi.json, other methods) takes the `$default` route and the stage's default throttle. A
+flood of one route then cannot use up another's allowance, nor every Lambda invocation.
+
+Identity mode (a): with an OIDC issuer and audience, an HTTP API JWT authorizer checks
+`Authorization: Bearer <JWT>` on `GET /api/v1/ws_token` (and on the price routes with
+`protect_prices`) before the function runs; the function reads the subject from the claims
+and is told (`WS_TOKEN_IDENTITY=oidc`) to refuse a token request that carries none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import jsii
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_apigatewayv2 as apigwv2
+from aws_cdk import aws_apigatewayv2_authorizers as authorizers
 from aws_cdk import aws_apigatewayv2_integrations as integrations
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_lambda as lambda_
@@ -20,8 +33,21 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from infra.lambda_function import PythonFunction
+from infra.settings import Oidc, RouteThrottle
 
 API_HANDLER = "functions.api.handler"
+PRICES_PATH = "/api/v1/current_prices"
+WS_TOKEN_PATH = "/api/v1/ws_token"
+HEALTH_PATH = "/api/v1/health/market_stream"
+CONTROL_PATHS = ("/screeners/ltp/start", "/screeners/ltp/stop")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteThrottles:
+    prices: RouteThrottle
+    ws_token: RouteThrottle
+    health: RouteThrottle
+    control: RouteThrottle
 
 
 @jsii.implements(apigwv2.IAccessLogSettings)
@@ -64,10 +90,14 @@ class HttpApi(Construct):
         memory_mib: int,
         throttle_rate: int,
         throttle_burst: int,
+        route_throttles: RouteThrottles,
         allowed_origins: Sequence[str],
         log_retention: logs.RetentionDays,
+        oidc: Oidc | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        if oidc is not None:
+            environment = {**environment, "WS_TOKEN_IDENTITY": "oidc"}
         self.handler = PythonFunction(
             self,
             "Api",
@@ -84,12 +114,14 @@ class HttpApi(Construct):
             timeout=Duration.seconds(15),
         )
         self.function = self.handler.function
+        # One integration for every route (CDK binds it once per API).
+        integration = integrations.HttpLambdaIntegration("Lambda", self.function)
         self.api = apigwv2.HttpApi(
             self,
             "HttpApi",
             description="LTP HTTP API",
             create_default_stage=False,
-            default_integration=integrations.HttpLambdaIntegration("Lambda", self.function),
+            default_integration=integration,
             cors_preflight=apigwv2.CorsPreflightOptions(
                 allow_origins=list(allowed_origins),
                 allow_methods=[
@@ -98,6 +130,9 @@ class HttpApi(Construct):
                     apigwv2.CorsHttpMethod.OPTIONS,
                 ],
                 allow_headers=["content-type", "authorization"],
+                # The page's poller waits as long as a 429/503 says; cross-origin it can read
+                # the header only when exposed.
+                expose_headers=["retry-after"],
                 max_age=Duration.hours(1),
             ),
         )
@@ -115,4 +150,39 @@ class HttpApi(Construct):
             ),
             access_log_settings=AccessLogs(self.access_log_group),
         )
+        self.authorizer = (
+            authorizers.HttpJwtAuthorizer("Oidc", oidc.issuer, jwt_audience=list(oidc.audience))
+            if oidc is not None else None
+        )  # fmt: skip
+        prices_authorizer = self.authorizer if oidc is not None and oidc.protect_prices else None
+        get, post = apigwv2.HttpMethod.GET, apigwv2.HttpMethod.POST
+        self.routes: dict[str, apigwv2.HttpRoute] = {}
+        self.route_throttles: dict[str, RouteThrottle] = {}
+        for path, methods, throttle, authorizer in (
+            (PRICES_PATH, (get, post), route_throttles.prices, prices_authorizer),
+            (WS_TOKEN_PATH, (get,), route_throttles.ws_token, self.authorizer),
+            (HEALTH_PATH, (get,), route_throttles.health, None),
+            *((path, (post,), route_throttles.control, None) for path in CONTROL_PATHS),
+        ):
+            routes = self.api.add_routes(path=path, methods=list(methods),
+                                         integration=integration, authorizer=authorizer)
+            for method, route in zip(methods, routes, strict=True):
+                key = f"{method.value} {path}"
+                self.routes[key] = route
+                self.route_throttles[key] = throttle
+        self._throttle_routes()
         self.url = self.api.api_endpoint
+
+    def _throttle_routes(self) -> None:
+        """Stage route settings, keyed by route key ("GET /api/v1/ws_token"). The property is
+        plain JSON to CloudFormation (CfnStage.route_settings: Any), hence the CFN names. A
+        stage may name only routes that exist: it is created after them."""
+        stage = self.stage.node.default_child
+        assert isinstance(stage, apigwv2.CfnStage)
+        stage.route_settings = {
+            key: {"ThrottlingRateLimit": t.rate, "ThrottlingBurstLimit": t.burst}
+            for key, t in self.route_throttles.items()
+        }
+        for route in self.routes.values():
+            stage.node.add_dependency(route)
+

@@ -161,8 +161,8 @@ def acknowledge_findings(stack: NaggedStack) -> None:
     acknowledge(
         stack.ws_token_secret,
         "AwsSolutions-SMG4",
-        "Signing key of 1-hour WebSocket tokens; rotating it on demand only invalidates "
-        "outstanding tokens, which pages re-fetch.",
+        "Signing key of 1-minute, address-bound WebSocket connect tokens; rotating it on "
+        "demand only invalidates outstanding tokens, which pages re-fetch.",
     )
     acknowledge(
         stack.cache.auth_secret,

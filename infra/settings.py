@@ -29,7 +29,13 @@ reader casts and validates, and a bad value fails the synth with the context key
 | ltp:postBudgetPerSecond | 5000 | PostToConnection budget the bridge sizes its window to |
 | ltp:wsShards | 16 | connection shards (one fan-out invocation per shard per window) |
 | ltp:wsStageName | live | WebSocket API stage |
-| ltp:httpThrottleRate / ltp:httpThrottleBurst | 200 / 400 | HTTP API stage throttle |
+| ltp:httpThrottleRate / ltp:httpThrottleBurst | 200 / 400 | HTTP API stage throttle (the rest) |
+| ltp:throttlePrices | {"rate": 200, "burst": 400} | GET/POST /api/v1/current_prices |
+| ltp:throttleWsToken | {"rate": 50, "burst": 100} | GET /api/v1/ws_token |
+| ltp:throttleHealth | {"rate": 10, "burst": 20} | GET /api/v1/health/market_stream |
+| ltp:throttleControl | {"rate": 5, "burst": 10} | POST /screeners/ltp/start and /stop |
+| ltp:oidcIssuer / ltp:oidcAudience | "" / "" | both set: JWT authorizer on ws_token; `aud1,aud2` |
+| ltp:oidcProtectPrices | false | the JWT authorizer on the price routes too (needs oidcIssuer) |
 | ltp:wsThrottleRate / ltp:wsThrottleBurst | 500 / 1000 | WebSocket API stage throttle |
 | ltp:scheduleEnabled | true | create the market-hours schedules |
 | ltp:scheduleStart / ltp:scheduleStop | 09:00 / 15:45 | IST, Monday-Friday |
@@ -40,10 +46,14 @@ reader casts and validates, and a bad value fails the synth with the context key
 | ltp:monthlyBudgetUsd | 0 | AWS Budgets monthly cost budget; 0 = none |
 | ltp:logRetentionDays | 30 | CloudWatch Logs retention |
 | ltp:webPriceClass | 200 | CloudFront price class: 100, 200 or All (200 covers India) |
+
+A route throttle is `{"rate": R, "burst": B}` in cdk.json, or `R/B` (or that JSON) with `-c`:
+requests per second (steady) and the bucket a burst may take, for the route across all callers.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +71,23 @@ NO_WATCHLIST = "none"
 TOKEN_LIFETIME_SECONDS = 86400
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteThrottle:
+    """API Gateway's token bucket for one route: `rate` requests/s, `burst` at once."""
+
+    rate: int
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class Oidc:
+    """Identity mode (a): an OIDC provider whose JWTs the HTTP API checks."""
+
+    issuer: str
+    audience: tuple[str, ...]
+    protect_prices: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +118,13 @@ class DeploySettings:
 
     http_throttle_rate: int = 200
     http_throttle_burst: int = 400
+    throttle_prices: RouteThrottle = RouteThrottle(200, 400)
+    throttle_ws_token: RouteThrottle = RouteThrottle(50, 100)
+    throttle_health: RouteThrottle = RouteThrottle(10, 20)
+    throttle_control: RouteThrottle = RouteThrottle(5, 10)
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_protect_prices: bool = False
     ws_throttle_rate: int = 500
     ws_throttle_burst: int = 1000
 
@@ -146,11 +180,34 @@ class DeploySettings:
                 f"got {self.web_price_class!r}"
             )
         watchlist(self.stream_keys)  # a typo fails the synth, not the task at 09:00
+        self._check_oidc()
         if self.nat_gateways < 1:
             # The streamer's feed, DhanHQ REST and every @connections post leave through NAT.
             raise ConfigError(
                 f"context {PREFIX}natGateways must be >= 1: the feed and @connections need egress"
             )
+
+    def _check_oidc(self) -> None:
+        if bool(self.oidc_issuer) != bool(self.oidc_audience_list):
+            raise ConfigError(f"context {PREFIX}oidcIssuer and {PREFIX}oidcAudience must be set "
+                              "together (identity mode a) or both left empty (public mode b)")
+        if self.oidc_issuer and not self.oidc_issuer.startswith("https://"):
+            raise ConfigError(f"context {PREFIX}oidcIssuer must be an https:// URL, "
+                              f"got {self.oidc_issuer!r}")
+        if self.oidc_protect_prices and not self.oidc_issuer:
+            raise ConfigError(f"context {PREFIX}oidcProtectPrices needs {PREFIX}oidcIssuer "
+                              f"and {PREFIX}oidcAudience")
+
+    @property
+    def oidc_audience_list(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.oidc_audience.split(",") if a.strip())
+
+    @property
+    def oidc(self) -> Oidc | None:
+        """The OIDC provider of identity mode (a); None in public mode (b)."""
+        if not self.oidc_issuer:
+            return None
+        return Oidc(self.oidc_issuer, self.oidc_audience_list, self.oidc_protect_prices)
 
     @property
     def watchlist_keys(self) -> str:
@@ -216,6 +273,13 @@ class DeploySettings:
             http_throttle_burst=read.integer(
                 "httpThrottleBurst", defaults.http_throttle_burst, minimum=1
             ),
+            throttle_prices=read.throttle("throttlePrices", defaults.throttle_prices),
+            throttle_ws_token=read.throttle("throttleWsToken", defaults.throttle_ws_token),
+            throttle_health=read.throttle("throttleHealth", defaults.throttle_health),
+            throttle_control=read.throttle("throttleControl", defaults.throttle_control),
+            oidc_issuer=read.text("oidcIssuer", defaults.oidc_issuer),
+            oidc_audience=read.text("oidcAudience", defaults.oidc_audience),
+            oidc_protect_prices=read.flag("oidcProtectPrices", defaults.oidc_protect_prices),
             ws_throttle_rate=read.integer("wsThrottleRate", defaults.ws_throttle_rate, minimum=1),
             ws_throttle_burst=read.integer(
                 "wsThrottleBurst", defaults.ws_throttle_burst, minimum=1
@@ -282,6 +346,36 @@ class _ContextReader:
         value = self._cast(name, default, float)
         if value < minimum:
             raise ConfigError(f"context {PREFIX}{name} must be >= {minimum}, got {value}")
+        return value
+
+    def throttle(self, name: str, default: RouteThrottle) -> RouteThrottle:
+        """`{"rate": R, "burst": B}` (cdk.json), or `R/B` or that JSON as a string (`-c`)."""
+
+        def cast(raw: Any) -> RouteThrottle:
+            if isinstance(raw, str):
+                text = raw.strip()
+                if text.startswith("{"):
+                    raw = json.loads(text)
+                else:
+                    rate, burst = text.split("/")
+                    raw = {"rate": rate, "burst": burst}
+            if not isinstance(raw, dict) or set(raw) != {"rate", "burst"}:
+                raise ValueError(raw)
+            values = []
+            for part in (raw["rate"], raw["burst"]):
+                if isinstance(part, bool) or (isinstance(part, float) and not part.is_integer()):
+                    raise ValueError(part)
+                values.append(int(part))
+            return RouteThrottle(*values)
+
+        try:
+            value = self._cast(name, default, cast)
+        except ConfigError:
+            raise ConfigError(f"context {PREFIX}{name} must be {{\"rate\": R, \"burst\": B}} "
+                              f"or R/B, got {self._raw(name)!r}") from None
+        if value.rate < 1 or value.burst < 1:
+            raise ConfigError(f"context {PREFIX}{name} needs rate and burst >= 1, got "
+                              f"{value.rate}/{value.burst}")
         return value
 
     def flag(self, name: str, default: bool) -> bool:

@@ -38,7 +38,7 @@ from core.secrets import PLACEHOLDER_CLIENT_ID
 from infra.bundling import REPO_ROOT, default_plan, lambda_code
 from infra.cache import Cache
 from infra.fanout import Fanout
-from infra.http_api import HttpApi
+from infra.http_api import WS_TOKEN_PATH, HttpApi, RouteThrottles
 from infra.instruments import InstrumentMaster
 from infra.monitoring import Monitoring
 from infra.nag import acknowledge_findings
@@ -51,8 +51,6 @@ from infra.web import WebHosting
 from infra.websocket_api import WebSocketApi
 
 DOCKERFILE = "streamer/Dockerfile"
-# The HTTP API route that mints WebSocket connect tokens ({"token": ...}) for the page.
-WS_TOKEN_PATH = "/api/v1/ws_token"
 
 
 class LtpStack(Stack):
@@ -221,6 +219,13 @@ class LtpStack(Stack):
             memory_mib=settings.lambda_memory_mib,
             throttle_rate=settings.http_throttle_rate,
             throttle_burst=settings.http_throttle_burst,
+            route_throttles=RouteThrottles(
+                prices=settings.throttle_prices,
+                ws_token=settings.throttle_ws_token,
+                health=settings.throttle_health,
+                control=settings.throttle_control,
+            ),
+            oidc=settings.oidc,
             allowed_origins=[self.web.url],
             **function_network,
         )

@@ -16,10 +16,16 @@ Connection registry (`realtime.registry`):
   ws:shard:{N}:sent         HASH key -> newest version claimed for the whole shard
   ws:shard:{N}:carry        HASH "connection-id key" -> update JSON whose post failed
   ws:conn:{ID}              HASH a connection's meta (shard, expires_at, connected_at,
-                            source_ip, subject)
+                            source_ip, subject) and its message token bucket (rl_tokens,
+                            rl_at, rl_until, rl_strikes: written by every message, so they
+                            share the hash's expiry)
   ws:conn:{ID}:keys         HASH instrument key -> snapshot floor (the version the
                             connection's snapshot gave it; 0 before any)
   ws:pending_shards         SET of shards holding carried updates (the bridge invokes them)
+  ws:ip:{IP}                ZSET of the live connection ids from one source address ->
+                            expiry (epoch s): the per-address cap counts the unexpired ones;
+                            the key expires with its newest entry, so a lost `$disconnect`
+                            holds a slot until that connection's 2 h maximum, never longer
 Bridge (`realtime.directory`):
   ws:latest                 HASH key -> newest update JSON the bridge saw (the snapshot's
                             versions), TTL 30 s, rewritten every window
@@ -48,6 +54,13 @@ EXPIRY_MARGIN_SECONDS = 3600
 # ElastiCache holds every key).
 CONN_PREFIX = "ws:conn:"
 CONN_KEYS_SUFFIX = ":keys"
+# The removal script finds a connection's per-address set from its meta's source address.
+SOURCE_IP_PREFIX = "ws:ip:"
+SOURCE_IP_FIELD = "source_ip"
+# Set (with a TTL) when a connection from the address was cut for its message rate: the address
+# may not connect again until it expires, so a script that reconnects at once costs a few
+# seconds per cool-off instead of every connect its tokens allow.
+COOL_OFF_PREFIX = "ws:cooloff:"
 
 
 def shard(number: int) -> str:
@@ -76,3 +89,11 @@ def conn(connection_id: str) -> str:
 
 def conn_keys(connection_id: str) -> str:
     return f"{conn(connection_id)}{CONN_KEYS_SUFFIX}"
+
+
+def source_ip(address: str) -> str:
+    return f"{SOURCE_IP_PREFIX}{address}"
+
+
+def cool_off(address: str) -> str:
+    return f"{COOL_OFF_PREFIX}{address}"

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import redis.exceptions
 
+from core.errors import ConfigError
 from functions.api.observability import logger
 from functions.errors import (
     ApiError,
@@ -64,7 +65,8 @@ def error_answer(exc: BaseException) -> Answer | None:
                      f"the stream registry is up to date but the streamer service could not be "
                      f"scaled ({exc}); retry, the request is idempotent",
                      headers={"retry-after": "10"})  # fmt: skip
-    if isinstance(exc, SecretError):
+    if isinstance(exc, SecretError | ConfigError):
+        # A configured secret that is blank or unreadable: fail closed, never "auth off".
         logger.warning("secret unavailable", extra={"reason": str(exc)})
         return error(503, "secret_unavailable", "a secret could not be read; retry shortly",
                      headers={"retry-after": str(REDIS_RETRY_AFTER)})  # fmt: skip

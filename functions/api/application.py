@@ -2,7 +2,8 @@
 
 Routes: GET|POST /api/v1/current_prices, POST /screeners/ltp/start|stop,
 GET /api/v1/health/market_stream, GET /api/v1/ws_token (connect tokens for the WebSocket API,
-whose `$connect` authorizer checks them), plus /docs and /openapi.json.
+whose `$connect` authorizer checks them: one minute, bound to the caller's address, limited per
+address or OIDC subject, see `functions.api.tokens`), plus /docs and /openapi.json.
 
 `create_app(deps)` is pure wiring; the entry point (`functions.api`) builds the deps once per
 execution environment. Blocking work that can take long (DhanHQ REST, ECS, Secrets Manager)
@@ -43,13 +44,11 @@ from functions.api.payloads import (
     stop_request,
 )
 from functions.api.prices import fetch_missing, prices_answer, read_cache
+from functions.api.tokens import Requester, requester, take_token
 from functions.errors import ApiError, RegistryBusy, ScalingError, SecretError, StreamError
 from functions.secrets import resolve_ws_token_secret
 from functions.streams import StopResult, Stream, start_streams, stop_streams
 from functions.wsauth import mint_token
-
-# The page fetches a fresh token before every connect, so a short life costs nothing.
-WS_TOKEN_TTL_SECONDS = 600
 
 bearer = HTTPBearer(auto_error=False, description="the admin key (ADMIN_API_KEY)")
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
@@ -142,22 +141,34 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
     @app.get(
         "/api/v1/ws_token",
-        summary="A signed, expiring token for the WebSocket API's $connect",
+        summary="A signed, short-lived token for the WebSocket API's $connect, bound to the "
+        "caller's address",
         response_model=None,
-        responses={200: {"model": schemas.WsTokenResponse}, **schemas.error_responses(503)},
+        responses={200: {"model": schemas.WsTokenResponse}, **schemas.error_responses(503),
+                   429: {"model": schemas.ErrorResponse,
+                         "description": "too many tokens for this address (or user) this "
+                         "minute; retry after Retry-After seconds"}},  # fmt: skip
     )
-    async def ws_token() -> Response:
-        return _json(await run_in_threadpool(_ws_token, deps))
+    async def ws_token(request: Request) -> Response:
+        who = requester(request.scope.get("aws.event"),
+                        client_host=request.client.host if request.client else None,
+                        require_subject=deps.settings.ws_token_identity == "oidc")
+        return _json(await run_in_threadpool(_ws_token, deps, who))
 
     return app
 
 
-def _ws_token(deps: ApiDeps) -> dict[str, Any]:
+def _ws_token(deps: ApiDeps, who: Requester) -> dict[str, Any]:
+    # A configured but blank or unreadable secret raises SecretError (503), never "no token".
     secret = resolve_ws_token_secret(deps.settings, secrets=deps.secrets)
     if not secret:  # the WebSocket API takes connections without a token (local run)
         return {"token": None, "expires_in": None}
-    return {"token": mint_token(secret.value, ttl_seconds=WS_TOKEN_TTL_SECONDS),
-            "expires_in": WS_TOKEN_TTL_SECONDS}  # fmt: skip
+    now = deps.wall_clock()
+    take_token(deps.redis, who, per_minute=deps.settings.ws_token_per_ip_per_minute, now=now)
+    ttl = deps.settings.ws_token_ttl_seconds
+    token = mint_token(secret.value, subject=who.subject, ttl_seconds=ttl, now=now,
+                       source_ip=who.source_ip)  # fmt: skip
+    return {"token": token, "expires_in": ttl}
 
 
 def _start(deps: ApiDeps, token: str | None, body: bytes, caller: str) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The admin key guarding start/stop: `Authorization: Bearer <key>`, compared in constant time.
 
 No key configured (neither ADMIN_API_KEY nor ADMIN_SECRET_ARN) means the routes are open, as in
-the local run. A configured ARN that cannot be read fails closed (503), never open.
+the local run. A configured key that cannot be used fails closed (503), never open: an ARN that
+cannot be read, a secret whose value is blank, or ADMIN_API_KEY / ADMIN_SECRET_ARN set to
+blanks (`functions.secrets`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hmac
 
 from functions.api.deps import ApiDeps
+from functions.api.observability import logger
 from functions.errors import SecretError, ServiceUnavailable, Unauthorized
 from functions.secrets import resolve_admin_key
 
@@ -19,6 +22,7 @@ def require_admin(deps: ApiDeps, presented: str | None) -> None:
     try:
         expected = resolve_admin_key(deps.settings, secrets=deps.secrets)
     except SecretError as exc:
+        logger.warning("admin key unusable", extra={"reason": str(exc)})
         raise ServiceUnavailable(
             "the admin key cannot be checked right now (secret unavailable); retry shortly",
             code="secret_unavailable",

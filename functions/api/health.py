@@ -37,11 +37,26 @@ healthy; the detail when stale or stopped), `tick_age_seconds`, `market_open` an
 `assess` is the pure core (raw values and a clock in, the status part of the answer out);
 `market_stream_health` reads Redis and the service and composes the answer. It is 200 whatever
 the status (the body says it); only Redis being down is a 503.
+
+What one answer costs: one MGET of the heartbeats, SMEMBERS of the stream index and one MGET of
+the stream records (`functions.streams.read_indexed_streams`: no SCAN of the keyspace), the
+connection count, the master's meta, and ECS DescribeServices when the service is managed.
+A flood of health requests must not multiply that, so the Lambda router keeps two caches per
+container (`HealthCache`, `CachedCounts`, each with an injected clock):
+  - the whole answer is reused for `HEALTH_CACHE_SECONDS` (default 3 s); the answer says
+    `cached_for_seconds` and `cache_age_seconds` (its ages and status are as of then: add the
+    cache age for now). 200 requests in a burst cost one set of reads.
+  - the ECS counts are reused for `HEALTH_ECS_CACHE_SECONDS` (default 30 s), an ECS failure as
+    well (so a throttled ECS is not asked again on every answer); `streamer_service` says
+    `age_seconds`. Start and stop never see these: they decide on fresh counts.
+An answer computed afresh (the FastAPI route, uvicorn) says `cached_for_seconds` 0.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -57,7 +72,7 @@ from core.names import HEARTBEAT_KEY, INSTRUMENT_META_KEY, TOKEN_STATUS_KEY
 from core.redis_client import as_text
 from functions.errors import ScalingError
 from functions.schedule.nse_calendar import load_shipped
-from functions.streams import StreamerService, read_streams, union_size
+from functions.streams import ServiceCounts, StreamerService, read_indexed_streams, union_size
 from realtime.keys import BRIDGE_HEARTBEAT
 
 HEALTHY = "healthy"
@@ -349,7 +364,7 @@ def market_stream_health(
                             "tick_max_age_seconds": tick_stale_after,
                             "bridge_max_age_seconds": bridge_stale_after}  # fmt: skip
 
-    streams = read_streams(redis=redis)
+    streams = read_indexed_streams(redis=redis)
     names = sorted(streams)
     answer["streams"] = {
         "count": len(streams),
@@ -367,4 +382,86 @@ def market_stream_health(
             answer["streamer_service"] = {"managed": True, **service.counts().as_dict()}
         except ScalingError as exc:
             answer["streamer_service"] = {"managed": True, "error": str(exc)}
+        if isinstance(service, CachedCounts):
+            answer["streamer_service"]["age_seconds"] = service.age()
+    answer["cached_for_seconds"] = 0.0
+    answer["cache_age_seconds"] = 0.0
     return answer
+
+
+class HealthCache:
+    """The whole answer, reused for `ttl` seconds of `clock` (0: never reused). One answer is
+    computed at a time: concurrent requests for a stale one wait for it rather than each
+    reading Redis. Only answers are kept; a failure (Redis down: a 503) is not."""
+
+    def __init__(self, *, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._answer: dict[str, Any] | None = None
+        self._at = 0.0
+
+    def answer(self, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        with self._lock:
+            now = self._clock()
+            if self._answer is None or now - self._at >= self.ttl:
+                self._answer, self._at = compute(), now
+            answer, age = self._answer, now - self._at
+        return {**answer, "cached_for_seconds": self.ttl, "cache_age_seconds": round(age, 3)}
+
+
+class CachedCounts:
+    """A streamer service whose `counts()` (ECS DescribeServices) are reused for `ttl` seconds
+    of `clock`, failures included; `scale` goes through and forgets them. For health only."""
+
+    def __init__(self, service: StreamerService, *, ttl: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.service = service
+        self.ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._value: ServiceCounts | ScalingError | None = None
+        self._at = 0.0
+
+    def counts(self) -> ServiceCounts:
+        with self._lock:
+            now = self._clock()
+            if self._value is None or now - self._at >= self.ttl:
+                try:
+                    self._value = self.service.counts()
+                except ScalingError as exc:
+                    self._value = exc
+                self._at = now
+            value = self._value
+        if isinstance(value, ScalingError):
+            raise ScalingError(str(value))
+        return value
+
+    def age(self) -> float | None:
+        """Seconds since the counts (or the failure) were read; None before the first read."""
+        with self._lock:
+            return None if self._value is None else round(self._clock() - self._at, 3)
+
+    def scale(self, desired: int) -> None:
+        with self._lock:
+            self._value = None
+        self.service.scale(desired)
+
+
+class CountsCache:
+    """One `CachedCounts` per container, for whichever service the deps hand out (built once
+    in production; a different one, as tests swap it, starts afresh)."""
+
+    def __init__(self, *, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cached: CachedCounts | None = None
+
+    def of(self, service: StreamerService | None) -> CachedCounts | None:
+        if service is None:
+            return None
+        with self._lock:
+            if self._cached is None or self._cached.service is not service:
+                self._cached = CachedCounts(service, ttl=self.ttl, clock=self._clock)
+            return self._cached

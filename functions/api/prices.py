@@ -7,6 +7,13 @@ Response (seed fields first):
    "errors": [{"reason", "code", "type", "message", "keys", "segments"}, ...]}
 Reasons in `missing` are those of `functions.dhan_rest`.
 
+Misses are screened before any REST work (`functions.dhan_rest.read_screen`, one pipeline):
+keys the loaded instrument master does not know are `unknown_instrument`, keys Dhan recently
+had no price for are `not_found`, neither costing a call or a credentials lookup. The rest go
+to DhanHQ through the deployment's limiter and, when the request names its caller (the Lambda
+router passes the source IP or JWT subject: `functions.api.router.caller_of`), that caller's
+share of the slots (`DHAN_REST_CALLER_INTERVAL_SECONDS`).
+
 The cache values are decimal strings written by this project (`core.messages.format_price`),
 which are already JSON numbers. In the usual case (every key cached, every value a JSON number)
 the `prices` object is spliced from them with C-level work only: one join, one strict orjson
@@ -37,7 +44,9 @@ from functions.dhan_rest import (
     NOT_CONFIGURED,
     RATE_LIMITED,
     FetchResult,
+    Screened,
     fetch_prices,
+    read_screen,
     store_prices,
 )
 from functions.errors import SecretError
@@ -136,8 +145,22 @@ def prices_answer(
     return Answer(200, render(requested=len(keys), cached=cached, fetched=fetched), NO_STORE)
 
 
-def fetch_missing(deps: ApiDeps, keys: Sequence[str]) -> FetchResult:
-    """Blocking: limiter waits and HTTP calls. The route runs it in the threadpool."""
+def fetch_missing(deps: ApiDeps, keys: Sequence[str], *, caller: str | None = None) -> FetchResult:
+    """Blocking: limiter waits and HTTP calls. The route runs it in the threadpool.
+
+    `caller` (None: unknown) takes its share of the REST slots; see the module docstring."""
+    screened = read_screen(keys, redis=deps.redis)
+    result = _fetch(deps, screened.fetch, caller=caller) if screened.fetch else FetchResult()
+    return _with_screen(result, screened)
+
+
+def _with_screen(result: FetchResult, screened: Screened) -> FetchResult:
+    result.missing.update(screened.missing)
+    result.unknown, result.remembered = screened.unknown, screened.remembered
+    return result
+
+
+def _fetch(deps: ApiDeps, keys: Sequence[str], *, caller: str | None) -> FetchResult:
     settings = deps.settings
     result = FetchResult()
     try:
@@ -152,7 +175,8 @@ def fetch_missing(deps: ApiDeps, keys: Sequence[str]) -> FetchResult:
     if not credentials:
         result.give_up(_instrument_keys(keys), NOT_CONFIGURED)
         return result
-    limiter = RateLimiter(redis=deps.redis, interval=settings.dhan_rest_min_interval)
+    limiter = RateLimiter(redis=deps.redis, interval=settings.dhan_rest_min_interval,
+                          caller=caller, caller_interval=settings.dhan_rest_caller_interval)
     result = fetch_prices(
         _instrument_keys(keys),
         source=deps.dhan_sources.get(credentials),
@@ -160,7 +184,8 @@ def fetch_missing(deps: ApiDeps, keys: Sequence[str]) -> FetchResult:
         deadline=time.monotonic() + settings.dhan_rest_budget,
         call_timeout=settings.dhan_rest_timeout,
     )
-    store_prices(redis=deps.redis, prices=result.prices)
+    store_prices(redis=deps.redis, prices=result.prices, not_found=result.not_found(),
+                 not_found_ttl=settings.dhan_not_found_ttl)  # fmt: skip
     if deps.secrets is not None and settings.dhan_secret_arn:
         if any(error["reason"] == AUTH_ERROR for error in result.errors):
             # Another process may have renewed the token in the secret: read it afresh next time.
@@ -184,6 +209,9 @@ def record_metrics(deps: ApiDeps, *, hits: int, misses: int, fetched: FetchResul
         metrics.count("RestErrors", len(fetched.errors))
         limited = sum(1 for reason in fetched.missing.values() if reason == RATE_LIMITED)
         metrics.count("RestRateLimited", limited)
+        metrics.count("RestCallerRefused", fetched.caller_refused)
+        metrics.count("UnknownInstruments", fetched.unknown)
+        metrics.count("NotFoundRemembered", fetched.remembered)
 
 
 def render(*, requested: int, cached: CachedPrices, fetched: FetchResult | None) -> bytes:

@@ -1,20 +1,30 @@
-"""The API Gateway `@connections` client: the one call used, and its errors classified.
+"""The API Gateway `@connections` client: the calls used, and their errors classified.
 
 boto3's `apigatewaymanagementapi` client satisfies `ManagementApi` and is thread-safe, so one
-client (with a connection pool as large as the posting pool) serves every thread.
+client (with a connection pool as large as the posting pool) serves every thread. Closing a
+connection (DeleteConnection) is needed only by the WebSocket handlers, so it is a separate
+protocol that posting-only stand-ins need not implement.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from botocore.exceptions import BotoCoreError, ClientError
+
+log = logging.getLogger(__name__)
 
 
 class ManagementApi(Protocol):
     def post_to_connection(self, *, Data: bytes, ConnectionId: str) -> Any: ...  # noqa: N803
+
+
+@runtime_checkable
+class ClosingManagementApi(Protocol):
+    def delete_connection(self, *, ConnectionId: str) -> Any: ...  # noqa: N803
 
 
 class PostOutcome(Enum):
@@ -47,6 +57,19 @@ def post(api: ManagementApi, connection_id: str, data: bytes) -> PostOutcome:
     """One PostToConnection; returns what happened instead of raising AWS errors."""
     try:
         api.post_to_connection(Data=data, ConnectionId=connection_id)
+    except Exception as exc:  # noqa: BLE001 - classify() re-raises what is not an AWS error
+        return classify(exc)
+    return PostOutcome.SENT
+
+
+def delete(api: ManagementApi, connection_id: str) -> PostOutcome:
+    """One DeleteConnection (API Gateway closes the socket, then sends `$disconnect`): SENT
+    when it was closed, GONE when it already was; FAILED when `api` cannot close at all."""
+    if not isinstance(api, ClosingManagementApi):
+        log.warning("%s cannot close connections (no delete_connection)", type(api).__name__)
+        return PostOutcome.FAILED
+    try:
+        api.delete_connection(ConnectionId=connection_id)
     except Exception as exc:  # noqa: BLE001 - classify() re-raises what is not an AWS error
         return classify(exc)
     return PostOutcome.SENT

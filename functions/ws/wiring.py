@@ -14,7 +14,7 @@ from functions.settings import Settings
 from functions.ws.app import Event, WsApp
 from functions.ws.management import ManagementApi, management_client
 from functions.ws.settings import RealtimeSettings
-from realtime.registry import ConnectionRegistry
+from realtime.registry import ConnectionLimits, ConnectionRegistry, MessageRate
 
 ManagementFor = Callable[[Event], ManagementApi]
 
@@ -64,6 +64,18 @@ def token_secret_reader(settings: Settings, *,
     return read
 
 
+def connection_limits(realtime: RealtimeSettings) -> ConnectionLimits:
+    return ConnectionLimits(total=realtime.max_connections or None,
+                            per_source_ip=realtime.max_connections_per_ip or None)
+
+
+def message_rate(realtime: RealtimeSettings) -> MessageRate | None:
+    if not realtime.message_rate:
+        return None
+    return MessageRate(per_second=realtime.message_rate, burst=realtime.message_burst,
+                       strikes=realtime.abuse_strikes)
+
+
 def build_app(
     settings: Settings | None = None,
     realtime: RealtimeSettings | None = None,
@@ -85,4 +97,7 @@ def build_app(
         management=management or management_for_events(settings),
         token_secret=token_secret_reader(settings, secrets=secrets),
         max_message_bytes=realtime.max_client_message_bytes,
+        connection_limits=connection_limits(realtime),
+        message_rate=message_rate(realtime),
+        cool_off_seconds=realtime.abuse_cool_off_seconds,
     )

@@ -52,5 +52,18 @@ class InProcessManagement:
             raise ClientError(response, "PostToConnection")
         return {"ResponseMetadata": {"HTTPStatusCode": 200}}
 
+    def delete_connection(self, *, ConnectionId: str) -> Any:  # noqa: N803
+        """DeleteConnection: starts closing the socket (its `$disconnect` follows); 410 when
+        there is no such connection."""
+        future = asyncio.run_coroutine_threadsafe(self._delete(ConnectionId), self._loop)
+        if not future.result(self._timeout):
+            gone: Any = {"Error": {"Code": "GoneException", "Message": ""},
+                         "ResponseMetadata": {"HTTPStatusCode": 410}}
+            raise ClientError(gone, "DeleteConnection")
+        return {"ResponseMetadata": {"HTTPStatusCode": 204}}
+
+    async def _delete(self, connection_id: str) -> bool:
+        return self._gateway.delete(connection_id)
+
 
 __all__ = ["InProcessManagement", "boto3_client", "management_client"]

@@ -33,6 +33,8 @@ class Gateway(Protocol):
 
     async def post(self, connection_id: str, data: bytes) -> PostResult: ...
 
+    def delete(self, connection_id: str) -> bool: ...
+
 
 class ConnectionsEndpoint:
     """ASGI for the one route, without a framework: a router and request/response objects
@@ -80,7 +82,7 @@ class ConnectionsEndpoint:
         if conn is None:
             return _error(PostResult(410, "GoneException", ""))
         if method == "DELETE":
-            await conn.socket.close(1000, "")
+            self._gateway.delete(connection_id)
             return 204, None, []
         started = time.time() - (time.monotonic() - conn.connected_at)
         active = time.time() - (time.monotonic() - conn.last_active)

@@ -13,6 +13,10 @@
   PayloadTooLargeException, 429 LimitExceededException with `x-amzn-ErrorType`) so boto3's
   `apigatewaymanagementapi` raises the same exceptions with `endpoint_url=gateway.callback_url`.
   SigV4 is not checked. Throttling and added latency can be injected for tests and benchmarks.
+  DELETE (DeleteConnection) answers as soon as the close has started, as AWS does, and no
+  message of the connection reaches a route after it: waiting for the closing handshake
+  instead deadlocked a route handler that closed its own client while the client's unread
+  messages held the socket's reading paused.
 
 What a post must pass and how its frame is written live in `posting`; the handlers, settings
 and throttle in `config`.
@@ -75,6 +79,7 @@ class LocalApiGateway:
         self._outbox: list[tuple[OpenConnection, Frame]] = []
         self._outbox_scheduled = False
         self._handshakes: dict[int, ConnectionInfo] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._ws_server: Server | None = None
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -120,6 +125,8 @@ class LocalApiGateway:
         for conn in list(self.connections.values()):
             with contextlib.suppress(Exception):
                 await conn.socket.close(1001, "Going away")
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         if self._ws_server is not None:
             self._ws_server.close()
             await self._ws_server.wait_closed()
@@ -203,6 +210,8 @@ class LocalApiGateway:
         conn.watchdog = asyncio.create_task(self._watch(conn))
         try:
             async for data in socket_:
+                if conn.deleted:
+                    continue  # DeleteConnection: AWS invokes no route after it
                 conn.last_active = time.monotonic()
                 route = events.select_route(data, self.handlers.routes)
                 event = events.message_event(info, route, data)
@@ -246,6 +255,18 @@ class LocalApiGateway:
             await asyncio.sleep(min(idle_end, max_end) - now)
 
     # --- @connections -------------------------------------------------------------------------
+
+    def delete(self, connection_id: str) -> bool:
+        """DeleteConnection (on the gateway's loop): starts the close and returns at once;
+        False when there is no such connection."""
+        conn = self.connections.get(connection_id)
+        if conn is None:
+            return False
+        conn.deleted = True
+        task = asyncio.ensure_future(conn.socket.close(1000, ""))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return True
 
     def _accept(self, connection_id: str, data: bytes
                 ) -> tuple[PostResult, OpenConnection | None, Frame]:

@@ -33,6 +33,7 @@ class OpenConnection:
     last_active: float
     watchdog: asyncio.Task[None] | None = None
     queued: int = 0  # bytes accepted by post_nowait and not yet written to the socket
+    deleted: bool = False  # DeleteConnection was called: closing, no more routes
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,13 @@ class CurrentGateway:
         self.gateway: Any = None
 
     def post_to_connection(self, *, Data: bytes, ConnectionId: str) -> Any:  # noqa: N803
+        return self._management("PostToConnection").post_to_connection(
+            Data=Data, ConnectionId=ConnectionId)
+
+    def delete_connection(self, *, ConnectionId: str) -> Any:  # noqa: N803
+        return self._management("DeleteConnection").delete_connection(ConnectionId=ConnectionId)
+
+    def _management(self, operation: str) -> Any:
         from botocore.exceptions import ClientError
 
         from local.apigw.client import InProcessManagement
@@ -57,8 +64,8 @@ class CurrentGateway:
         if gateway is None or gateway.loop is None:
             gone: Any = {"Error": {"Code": "GoneException", "Message": ""},
                          "ResponseMetadata": {"HTTPStatusCode": 410}}
-            raise ClientError(gone, "PostToConnection")
-        return InProcessManagement(gateway).post_to_connection(Data=Data, ConnectionId=ConnectionId)
+            raise ClientError(gone, operation)
+        return InProcessManagement(gateway)
 
 
 async def serve_site(app: Any, sock: socket.socket, *,

@@ -105,6 +105,10 @@ def moto_url() -> Iterator[str]:
         server.stop()
 
 
+# Security id 990099 (`test_deployed_walk.NOT_STREAMED`), in the master's own CSV shape.
+UNSTREAMED_ROW = b"NSE,E,990099,EQUITY,0,WALKTEST,1.0,Walk test,,,,0.0500,NA,ES,EQ,WALK TEST LTD"
+
+
 @pytest.fixture(scope="session")
 def dhan_token() -> str:
     return "sim-" + secrets.token_hex(12)
@@ -132,13 +136,15 @@ def feed(dhan_token: str) -> Iterator[Feed]:
 @pytest.fixture(scope="session")
 def scrip_master() -> Iterator[str]:
     """Dhan's scrip-master CDN stand-in: data/nse_sample.csv over loopback HTTP (the URL the
-    instrument-master function gets as INSTRUMENT_MASTER_URL)."""
+    instrument-master function gets as INSTRUMENT_MASTER_URL), plus one equity the default
+    watchlist does not stream (`UNSTREAMED_ROW`): with a master loaded, only known instruments
+    reach DhanHQ's REST fallback, and the walk needs one that is known and not cached."""
     import http.server
     import threading
 
     from core.instrument_master import SAMPLE_PATH
 
-    body = SAMPLE_PATH.read_bytes()
+    body = SAMPLE_PATH.read_bytes().rstrip(b"\n") + b"\n" + UNSTREAMED_ROW + b"\n"
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name

@@ -349,7 +349,7 @@ def test_walk(deploy_synth: Synth, cloud: Cloud, feed: Feed, scrip_master: str,
             result = instruments.invoke(json.loads(text))
             assert not result.function_error, result.payload
             summary = result.payload
-            assert summary["rows"] == 52 and summary["attempts"] == 1, summary
+            assert summary["rows"] == 53 and summary["attempts"] == 1, summary
             symbol = redis.hget(INSTRUMENT_SYMBOLS_KEY, KEYS[0])
             assert symbol == b"RELIANCE", symbol
             return (f"{schedule.expression} {schedule.timezone}: {summary['rows']} instruments "

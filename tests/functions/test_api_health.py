@@ -1,12 +1,14 @@
 """GET /api/v1/health/market_stream: heartbeat age -> healthy/degraded/stale/stopped (tick age
 in market hours, fatal feed connections, the relay bridge heartbeat), streams, ECS counts
-(moto), WebSocket connection count."""
+(moto), WebSocket connection count; what an answer costs (no SCAN, the router's per-container
+caches of the answer and of the ECS counts, with an injected clock)."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 
@@ -17,9 +19,23 @@ from moto import mock_aws
 
 from core.messages import IST
 from core.names import HEARTBEAT_KEY, stream_key
-from functions.api.health import NseSession, assess, heartbeat_time, shipped_session
+from functions.api.health import (
+    CachedCounts,
+    NseSession,
+    assess,
+    heartbeat_time,
+    shipped_session,
+)
+from functions.api.router import LambdaRouter
+from functions.errors import ScalingError
 from functions.settings import Settings
-from functions.streams import EcsStreamerService
+from functions.streams import (
+    STREAM_INDEX_KEY,
+    EcsStreamerService,
+    ServiceCounts,
+    Stream,
+    start_streams,
+)
 from realtime.keys import BRIDGE_HEARTBEAT, CONNECTIONS
 from tests.functions import test_api_support as support
 from tests.functions.test_api_support import ApiHarness, MakeApi
@@ -309,10 +325,10 @@ def test_fresh_heartbeats_streams_and_connections(
                  "ticks": 9000, "last_tick_age_s": 1.0}  # fmt: skip
     redis_client.set(HEARTBEAT_KEY, json.dumps(heartbeat), ex=60)
     redis_client.set(BRIDGE_HEARTBEAT, bridge_beat(OPEN - 7), ex=60)
-    swing = {"name": "swing", "keys": ["NSE_EQ:1", "NSE_EQ:2"]}
-    longterm = {"name": "longterm", "keys": ["NSE_EQ:2", "IDX_I:13"]}
-    redis_client.set(stream_key("swing"), json.dumps(swing))
-    redis_client.set(stream_key("longterm"), json.dumps(longterm))
+    # Registered as start does (record + index): health reads the index, never a SCAN.
+    start_streams([Stream.create("swing", ["NSE_EQ:1", "NSE_EQ:2"], "quote"),
+                   Stream.create("longterm", ["NSE_EQ:2", "IDX_I:13"], "quote")],
+                  redis=redis_client, service=None)  # fmt: skip
     now = time.time()
     # Connection registry (functions.ws): ids scored by expiry; expired ones do not count.
     redis_client.zadd(CONNECTIONS, {"c1": now + 3600, "c2": now + 60, "old": now - 5})
@@ -497,3 +513,162 @@ def test_the_answer_says_how_long_the_token_has_left_and_degrades_once_it_expire
     body = api.health().json()
     assert body["status"] == "degraded"
     assert any("token expired 2 min ago" in r for r in body["reasons"])
+
+
+# --- what a health answer costs: the index, the container's caches -----------------------------
+
+
+class CountingService:
+    """A streamer service that counts its ECS calls (DescribeServices / UpdateService)."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.describes = 0
+        self.scales: list[int] = []
+        self.fail = fail
+
+    def counts(self) -> ServiceCounts:
+        self.describes += 1
+        if self.fail:
+            raise ScalingError("ECS describe_services failed: ThrottlingException: Rate exceeded")
+        return ServiceCounts(desired=1, running=1, pending=0, status="ACTIVE")
+
+    def scale(self, desired: int) -> None:
+        self.scales.append(desired)
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def router_api(make_api: MakeApi, clock: Clock, **overrides: Any) -> ApiHarness:
+    """The Lambda router (where the caches live) with an injected monotonic clock."""
+    harness = make_api(**overrides)
+    routed = ApiHarness(harness.deps, via="router")
+    routed.entry = LambdaRouter(deps=harness.deps, asgi=routed.mangum, clock=clock)
+    return routed
+
+
+def commands(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+def test_health_answers_are_reused_for_the_cache_seconds(
+    make_api: MakeApi, redis_client: redis.Redis
+) -> None:
+    clock = Clock()
+    service = CountingService()
+    api = router_api(make_api, clock, deps_overrides={"wall_clock": lambda: OPEN,
+                                                      "streamer_service": lambda: service})
+    try:
+        redis_client.set(HEARTBEAT_KEY, streamer_beat(OPEN - 2), ex=60)
+        first = api.health().json()
+        assert first["status"] == "degraded"  # no bridge heartbeat yet
+        assert (first["cached_for_seconds"], first["cache_age_seconds"]) == (3.0, 0.0)
+        redis_client.set(BRIDGE_HEARTBEAT, bridge_beat(OPEN - 1), ex=60)
+        clock.now += 2.5
+        second = api.health().json()
+        assert second["status"] == "degraded" and second["cache_age_seconds"] == 2.5
+        clock.now += 0.5  # 3 s: computed afresh
+        third = api.health().json()
+        assert third["status"] == "healthy" and third["cache_age_seconds"] == 0.0
+    finally:
+        api.close()
+
+
+def test_ecs_counts_are_read_once_per_ecs_cache_period_failures_included(
+    make_api: MakeApi,
+) -> None:
+    clock = Clock()
+    service = CountingService()
+    api = router_api(make_api, clock, health_cache_seconds=0.0,
+                     deps_overrides={"streamer_service": lambda: service})  # fmt: skip
+    try:
+        part = api.health().json()["streamer_service"]
+        assert part == {"managed": True, "desired": 1, "running": 1, "pending": 0,
+                        "status": "ACTIVE", "age_seconds": 0.0}  # fmt: skip
+        for _ in range(29):
+            clock.now += 1.0
+            api.health()
+        assert service.describes == 1
+        assert api.health().json()["streamer_service"]["age_seconds"] == 29.0
+        clock.now += 1.0
+        api.health()
+        assert service.describes == 2
+
+        service.fail = True
+        clock.now += 30.0
+        failed = api.health().json()["streamer_service"]
+        assert "ThrottlingException" in failed["error"]
+        clock.now += 10.0
+        assert "ThrottlingException" in api.health().json()["streamer_service"]["error"]
+        assert service.describes == 3  # the throttled ECS is not asked on every answer
+    finally:
+        api.close()
+
+
+def test_the_cache_periods_are_read_from_the_environment() -> None:
+    settings = Settings.from_env({"HEALTH_CACHE_SECONDS": "1.5", "HEALTH_ECS_CACHE_SECONDS": "60"})
+    assert (settings.health_cache_seconds, settings.health_ecs_cache_seconds) == (1.5, 60.0)
+    defaults = Settings.from_env({})
+    assert (defaults.health_cache_seconds, defaults.health_ecs_cache_seconds) == (3.0, 30.0)
+
+
+def test_scaling_through_the_cached_counts_forgets_them() -> None:
+    clock = Clock()
+    service = CountingService()
+    cached = CachedCounts(service, ttl=30.0, clock=clock)
+    assert cached.age() is None
+    cached.counts()
+    cached.counts()
+    assert service.describes == 1
+    cached.scale(0)
+    assert service.scales == [0]
+    cached.counts()
+    assert service.describes == 2
+
+
+def test_health_runs_no_scan_and_drops_lapsed_streams(
+    make_api: MakeApi, redis_client: redis.Redis
+) -> None:
+    api = router_api(make_api, Clock(), health_cache_seconds=0.0)
+    try:
+        start_streams([Stream.create("swing", ["NSE_EQ:1"], "quote"),
+                       Stream.create("gone", ["NSE_EQ:2"], "quote")],
+                      redis=redis_client, service=None)  # fmt: skip
+        redis_client.delete(stream_key("gone"))  # lapsed (its TTL)
+        before = commands(redis_client)
+        body = api.health().json()
+        after = commands(redis_client)
+        assert body["streams"] == {"count": 1, "keys": 1, "names": ["swing"]}
+        assert after.get("scan", 0) == before.get("scan", 0)
+        assert after.get("keys", 0) == before.get("keys", 0)
+        assert redis_client.smembers(STREAM_INDEX_KEY) == {b"swing"}
+    finally:
+        api.close()
+
+
+def test_a_redis_failure_is_not_cached(make_api: MakeApi, redis_client: redis.Redis) -> None:
+    from functions.api.deps import connect_redis
+    from local.redis_server import free_port
+
+    clock = Clock()
+    base = make_api()
+    dead = connect_redis(replace(base.deps.settings, redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                                 redis_connect_timeout=0.2))  # fmt: skip
+    try:
+        api = router_api(make_api, clock, deps_overrides={"redis": dead})
+        try:
+            assert api.health().status == 503
+            router = api.entry
+            assert isinstance(router, LambdaRouter)
+            router.deps = replace(api.deps, redis=base.deps.redis)  # Redis is back
+            assert api.health().status == 200
+        finally:
+            api.close()
+    finally:
+        dead.close()

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+import time
+from typing import Any
+
 import pytest
 import redis
 
 from functions.api.keys import MAX_BODY_BYTES, MAX_POST_KEYS, MAX_QUERY_BYTES
+from functions.api.router import caller_of
 from tests.functions import test_api_support as support
-from tests.functions.test_api_support import ApiHarness, MakeApi, load_event, with_headers
+from tests.functions.test_api_support import (
+    ApiHarness,
+    MakeApi,
+    load_event,
+    with_headers,
+    with_query,
+)
 
 make_api = support.make_api
 
@@ -244,3 +255,69 @@ def test_all_cached_answer_is_the_stored_text_in_request_order(
     assert body["prices"] == {key: float(f"{i}.{i % 100:02d}") for i, key in enumerate(keys)}
     assert body["count"] == body["cached_count"] == body["requested_count"] == 300
     assert body["missing"] == {} and body["errors"] == []
+
+
+# --- who is asking: the REST share's caller ----------------------------------------------------
+
+
+def _from(event: dict[str, Any], ip: str | None, sub: str | None = None) -> dict[str, Any]:
+    event = copy.deepcopy(event)
+    if ip is None:
+        event["requestContext"]["http"].pop("sourceIp", None)
+    else:
+        event["requestContext"]["http"]["sourceIp"] = ip
+    if sub is not None:
+        event["requestContext"]["authorizer"] = {"jwt": {"claims": {"sub": sub}, "scopes": None}}
+    return event
+
+
+def test_the_caller_is_the_jwt_subject_else_the_source_ip() -> None:
+    get = load_event("http_get_current_prices")
+    assert caller_of(get) == "ip:203.0.113.7"
+    assert caller_of(_from(get, "203.0.113.7", sub="user-42")) == "sub:user-42"
+    assert caller_of(_from(get, "203.0.113.7", sub="")) == "ip:203.0.113.7"
+    # An IPv6 caller is its /64: one subscriber cannot be 2**64 callers.
+    assert caller_of(_from(get, "2001:db8:1:2:aaaa::1")) == "ip:2001:db8:1:2::/64"
+    assert caller_of(_from(get, "2001:db8:1:2:bbbb::9")) == "ip:2001:db8:1:2::/64"
+    assert caller_of(_from(get, "2001:db8:1:3::1")) == "ip:2001:db8:1:3::/64"
+    assert caller_of(_from(get, None)) is None
+    assert caller_of({"version": "2.0", "requestContext": {"authorizer": "odd"}}) is None
+
+
+def test_one_caller_gets_its_share_of_rest_slots_and_others_theirs(
+    make_api: MakeApi, redis_client: redis.Redis
+) -> None:
+    from core.config import Secret
+    from local.dhan_sim.rest import RestStandIn
+
+    with RestStandIn(client_id="1000000001", access_token="sim-token",
+                     rate_limit_interval=0.02) as rest:  # fmt: skip
+        base = make_api(dhan_client_id="1000000001", dhan_access_token=Secret("sim-token"),
+                        dhan_api_base_url=rest.base_url, dhan_rest_min_interval=0.1,
+                        dhan_rest_caller_interval=30.0)  # fmt: skip
+        router = ApiHarness(base.deps, via="router")
+        get = load_event("http_get_current_prices")
+        try:
+            for security_id in range(1, 5):
+                rest.set_price("NSE_EQ", security_id, 100.0 + security_id)
+            first = router.invoke(with_query(_from(get, "203.0.113.7"), "keys=NSE_EQ:1"))
+            assert first.json()["prices"] == {"NSE_EQ:1": 101.0}
+
+            # Over its share: answered at once, no call, a caller_share error that says so.
+            began = time.monotonic()
+            over = router.invoke(with_query(_from(get, "203.0.113.7"), "keys=NSE_EQ:2")).json()
+            assert time.monotonic() - began < 0.5
+            assert over["missing"] == {"NSE_EQ:2": "rate_limited"}
+            assert [e["code"] for e in over["errors"]] == ["caller_share"]
+            # The JWT subject is the caller when there is one, whatever the address.
+            user = router.invoke(with_query(_from(get, "198.51.100.1", sub="u1"), "keys=NSE_EQ:3"))
+            assert set(user.json()["prices"]) == {"NSE_EQ:3"}
+            moved = router.invoke(with_query(_from(get, "198.51.100.2", sub="u1"),
+                                             "keys=NSE_EQ:4")).json()  # fmt: skip
+            assert moved["missing"] == {"NSE_EQ:4": "rate_limited"}
+            # Another address is another caller, with its own share.
+            other = router.invoke(with_query(_from(get, "198.51.100.3"), "keys=NSE_EQ:2")).json()
+            assert set(other["prices"]) == {"NSE_EQ:2"}
+            assert len(rest.calls) == 3
+        finally:
+            router.close()

@@ -140,6 +140,15 @@ def test_admin_secret_shapes(text: str, value: str) -> None:
 def test_json_secret_without_the_field_is_an_error() -> None:
     with pytest.raises(SecretError, match="ADMIN_API_KEY"):
         pick_field('{"other": "x"}', ("ADMIN_API_KEY",), allow_plain=True)
+    with pytest.raises(SecretError, match="non-blank"):
+        pick_field('{"ADMIN_API_KEY": " "}', ("ADMIN_API_KEY",), allow_plain=True)
+    # Text that opens like JSON is never its own (guessable) plain key.
+    for broken in ('{"ADMIN_API_KEY": ""', '{"ADMIN_API_KEY": "k"'):
+        with pytest.raises(SecretError, match="does not parse") as raised:
+            pick_field(broken, ("ADMIN_API_KEY",), allow_plain=True)
+        assert raised.value.__cause__ is None
+    # A raw tab inside a hand-typed value is tolerated (and stripped).
+    assert pick_field('{"ADMIN_API_KEY": "\tk1\t"}', ("ADMIN_API_KEY",), allow_plain=True) == "k1"
     with pytest.raises(SecretError):
         pick_field("plain", ("client_id",), allow_plain=False)
 
@@ -322,8 +331,170 @@ def test_ws_token_route_mints_tokens_the_authorizer_accepts(make_api: MakeApi, a
     assert answer.status == 200
     assert answer.headers["cache-control"] == "no-store"
     body = answer.json()
-    claims = verify_token(body["token"], "hmac-key-0123456789")
-    assert claims.expires_at - claims.issued_at == body["expires_in"]
+    claims = verify_token(body["token"], "hmac-key-0123456789", source_ip="203.0.113.7")
+    assert claims.expires_at - claims.issued_at == body["expires_in"] == 60
+    # Public mode (b): bound to the address it was minted for, named by it.
+    assert (claims.subject, claims.source_ip, claims.purpose) == (
+        "ip:203.0.113.7", "203.0.113.7", "ws-connect")
 
     open_api = make_api()
     assert open_api.invoke(event).json() == {"token": None, "expires_in": None}
+
+
+def ws_token_event(source_ip: str = "203.0.113.7", *, sub: str | None = None) -> dict[str, Any]:
+    event = support.load_event("http_get_health")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/api/v1/ws_token"
+    event["requestContext"]["http"]["sourceIp"] = source_ip
+    if sub is not None:
+        event["requestContext"]["authorizer"] = {
+            "jwt": {"claims": {"sub": sub, "iss": "https://login.example.com/"}, "scopes": None}}
+    return event
+
+
+def test_ws_token_in_oidc_mode_carries_the_subject_and_needs_one(make_api: MakeApi) -> None:
+    from functions.wsauth import verify_token
+
+    api = make_api(ws_token_secret=Secret("k" * 32), ws_token_identity="oidc",
+                   ws_token_ttl_seconds=45)  # fmt: skip
+    answer = api.invoke(ws_token_event("198.51.100.4", sub="user-42"))
+    assert answer.status == 200, answer.body
+    claims = verify_token(answer.json()["token"], "k" * 32, source_ip="198.51.100.4")
+    assert (claims.subject, claims.source_ip) == ("user-42", "198.51.100.4")
+    assert claims.expires_at - claims.issued_at == answer.json()["expires_in"] == 45
+    # The JWT authorizer should have stopped it; if a request gets here without a subject,
+    # it is refused, not minted as for an anonymous address.
+    refused = api.invoke(ws_token_event("198.51.100.4"))
+    assert refused.status == 401
+    assert refused.json()["error"] == "unauthorized"
+
+
+def test_ws_token_is_limited_per_subject_in_oidc_mode(make_api: MakeApi) -> None:
+    api = make_api(ws_token_secret=Secret("k" * 32), ws_token_identity="oidc",
+                   ws_token_per_ip_per_minute=2, deps_overrides={"wall_clock": lambda: 6000.0})
+    assert [api.invoke(ws_token_event("198.51.100.4", sub="u1")).status for _ in range(3)] == [
+        200, 200, 429]
+    # Another user behind the same address (an office NAT) is counted apart.
+    assert api.invoke(ws_token_event("198.51.100.4", sub="u2")).status == 200
+
+
+# --- blank secrets fail closed -------------------------------------------------------------
+
+
+BLANK_ENV = [
+    ({"ADMIN_API_KEY": "\t"}, "ADMIN_API_KEY"),
+    ({"ADMIN_API_KEY": ""}, "ADMIN_API_KEY"),
+    ({"ADMIN_SECRET_ARN": "  "}, "ADMIN_SECRET_ARN"),
+    ({"WS_TOKEN_SECRET": "  "}, "WS_TOKEN_SECRET"),
+    ({"WS_TOKEN_SECRET_ARN": "\n"}, "WS_TOKEN_SECRET_ARN"),
+]
+
+
+@pytest.mark.parametrize(("environ", "variable"), BLANK_ENV)
+def test_a_blank_guard_variable_is_recorded_not_taken_for_absent(
+    environ: dict[str, str], variable: str
+) -> None:
+    from functions.secrets import resolve_ws_token_secret
+
+    settings = Settings.from_env(environ)
+    assert settings.blank_secrets == {variable}
+    resolve = resolve_admin_key if variable.startswith("ADMIN") else resolve_ws_token_secret
+    with pytest.raises(SecretError, match=f"{variable} is set but blank"):
+        resolve(settings, secrets=None)
+    # Absent stays "no check" (the local run without keys).
+    assert not Settings.from_env({}).blank_secrets
+    assert not resolve(Settings.from_env({}), secrets=None)
+
+
+def test_token_settings_are_read_and_checked() -> None:
+    settings = Settings.from_env({"WS_TOKEN_TTL_SECONDS": "90", "WS_TOKEN_PER_IP_PER_MINUTE": "0",
+                                  "WS_TOKEN_IDENTITY": "OIDC"})  # fmt: skip
+    assert (settings.ws_token_ttl_seconds, settings.ws_token_per_ip_per_minute,
+            settings.ws_token_identity) == (90, 0, "oidc")  # fmt: skip
+    defaults = Settings.from_env({})
+    assert (defaults.ws_token_ttl_seconds, defaults.ws_token_per_ip_per_minute,
+            defaults.ws_token_identity) == (60, 30, "ip")  # fmt: skip
+    for environ, message in (({"WS_TOKEN_TTL_SECONDS": "0"}, ">= 1"),
+                             ({"WS_TOKEN_TTL_SECONDS": "7200"}, "<= 3600"),
+                             ({"WS_TOKEN_PER_IP_PER_MINUTE": "-1"}, ">= 0"),
+                             ({"WS_TOKEN_IDENTITY": "cookie"}, "ip, oidc")):  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            Settings.from_env(environ)
+
+
+def blank_settings(environ: dict[str, str]) -> frozenset[str]:
+    return Settings.from_env(environ).blank_secrets
+
+
+def test_a_whitespace_admin_key_refuses_start_and_stop(make_api: MakeApi) -> None:
+    api = make_api(blank_secrets=blank_settings({"ADMIN_API_KEY": "\t"}))
+    for answer in (api.start({"name": "a", "keys": ["NSE_EQ:1"]}, key=None),
+                   api.start({"name": "a", "keys": ["NSE_EQ:1"]}, key="\t"),
+                   api.stop({"name": "a"}, key="anything")):  # fmt: skip
+        assert answer.status == 503
+        assert answer.json()["error"] == "secret_unavailable"
+        assert answer.headers["retry-after"]
+    assert api.health().status == 200  # the rest of the API keeps working
+
+
+def test_a_whitespace_ws_token_secret_refuses_tokens(make_api: MakeApi) -> None:
+    api = make_api(blank_secrets=blank_settings({"WS_TOKEN_SECRET": "  "}))
+    answer = api.invoke(ws_token_event())
+    assert answer.status == 503
+    assert answer.json()["error"] == "secret_unavailable"
+    assert "token" not in answer.json()
+
+
+@pytest.mark.parametrize("stored", ["   ", "\n\t", '{"ADMIN_API_KEY": "  "}',
+                                    '{"api_key": ""}'])
+def test_a_blank_admin_secret_in_secrets_manager_fails_closed(
+    make_api: MakeApi, aws: Any, stored: str
+) -> None:
+    arn = aws.create_secret(Name="admin", SecretString=stored)["ARN"]
+    cache = SecretsCache(client=aws)
+    settings = Settings(admin_secret_arn=arn)
+    with pytest.raises(SecretError):
+        resolve_admin_key(settings, secrets=cache)
+    api = make_api(admin_secret_arn=arn, deps_overrides={"secrets": cache})
+    answer = api.start({"name": "a", "keys": ["NSE_EQ:1"]}, key=None)
+    assert answer.status == 503
+    assert answer.json()["error"] == "secret_unavailable"
+
+
+@pytest.mark.parametrize("stored", ["  ", '{"WS_TOKEN_SECRET": " "}', '{"secret": "\t"}'])
+def test_a_blank_ws_token_secret_in_secrets_manager_fails_closed(
+    make_api: MakeApi, aws: Any, stored: str
+) -> None:
+    arn = aws.create_secret(Name="ws", SecretString=stored)["ARN"]
+    api = make_api(ws_token_secret_arn=arn, deps_overrides={"secrets": SecretsCache(client=aws)})
+    answer = api.invoke(ws_token_event())
+    assert answer.status == 503
+    assert answer.json()["error"] == "secret_unavailable"
+
+
+def test_a_blank_redis_auth_token_is_a_configuration_error() -> None:
+    # Fail fast at start (core.redis_client): a blank token is never "no AUTH".
+    for blank in ("", "  "):
+        with pytest.raises(ConfigError, match="REDIS_AUTH_TOKEN is set but blank"):
+            Settings.from_env({"REDIS_AUTH_TOKEN": blank})
+
+
+# --- who asks for a token (pure) ---------------------------------------------------------------
+
+
+def test_the_requester_comes_from_the_gateway_never_from_headers() -> None:
+    from functions.api.tokens import Requester, limit_key, requester, window_at
+
+    event = ws_token_event("198.51.100.4")
+    event["headers"]["x-forwarded-for"] = "10.9.9.9"
+    assert requester(event, client_host="10.1.1.1") == Requester(
+        "ip:198.51.100.4", "198.51.100.4", "ip:198.51.100.4")
+    assert requester(ws_token_event("198.51.100.4", sub="u-1")) == Requester(
+        "u-1", "198.51.100.4", "sub:u-1")
+    # Served without Mangum (uvicorn): the socket's peer; with nothing at all: one bucket.
+    assert requester(None, client_host="10.1.1.1").subject == "ip:10.1.1.1"
+    assert requester(None) == Requester("browser", None, "unknown")
+    assert requester({"requestContext": "junk"}).subject == "browser"
+    # Windows are whole minutes; Retry-After is at least 1 s.
+    assert window_at(120.0) == (2, 60) and window_at(179.2) == (2, 1) and window_at(179.99) == (
+        2, 1)
+    assert len(limit_key("sub:" + "x" * 300, 5)) < 100

@@ -22,13 +22,17 @@ from functions.dhan_rest import (
     NOT_SUBSCRIBED,
     RATE_LIMITED,
     TIMEOUT,
+    UNKNOWN_INSTRUMENT,
     classify_failure,
+    not_found_key,
     parse_ltp_answer,
     plan_calls,
+    screen_misses,
     securities_of,
     store_prices,
 )
 from functions.ratelimit import RateLimiter
+from functions.settings import Settings
 from local.dhan_sim.rest import RestStandIn
 from tests.functions import test_api_support as support
 from tests.functions.test_api_support import ApiHarness, MakeApi
@@ -129,6 +133,21 @@ def test_failures_are_classified(remarks: Any, reason: str) -> None:
     assert entry["reason"] == reason
 
 
+def test_the_screen_answers_unknown_and_remembered_keys_without_a_call() -> None:
+    keys = ["NSE_EQ:1", "NSE_EQ:2", "NSE_EQ:3", "NSE_EQ:4"]
+    symbols = [b"A", None, b"C", None]
+    remembered = [None, None, b"1", b"1"]
+    loaded = screen_misses(keys, master_loaded=True, symbols=symbols, remembered=remembered)
+    assert loaded.fetch == ["NSE_EQ:1"]
+    assert loaded.missing == {"NSE_EQ:2": UNKNOWN_INSTRUMENT, "NSE_EQ:3": NOT_FOUND,
+                              "NSE_EQ:4": UNKNOWN_INSTRUMENT}  # fmt: skip
+    assert (loaded.unknown, loaded.remembered) == (2, 1)
+    # Without a master no key is unknown: only the remembered ones skip the call.
+    bare = screen_misses(keys, master_loaded=False, symbols=[None] * 4, remembered=remembered)
+    assert bare.fetch == ["NSE_EQ:1", "NSE_EQ:2"]
+    assert bare.missing == {"NSE_EQ:3": NOT_FOUND, "NSE_EQ:4": NOT_FOUND}
+
+
 # --- the limiter -------------------------------------------------------------------------------
 
 
@@ -185,6 +204,26 @@ def test_store_never_overwrites_the_streams_price(redis_client: redis.Redis) -> 
     assert 0 < redis_client.ttl("ltp:NSE_EQ:2885") <= 30
 
 
+def test_store_remembers_not_found_keys_outside_the_price_namespace(
+    redis_client: redis.Redis,
+) -> None:
+    store_prices(redis=redis_client, prices={}, not_found=["NSE_EQ:99"], not_found_ttl=120)
+    assert not_found_key("NSE_EQ:99") == "dhan:rest:not_found:NSE_EQ:99"
+    assert redis_client.get("dhan:rest:not_found:NSE_EQ:99") == b"1"
+    assert 110 < redis_client.ttl("dhan:rest:not_found:NSE_EQ:99") <= 120
+    assert list(redis_client.scan_iter(match="ltp:*")) == []  # a price scan finds no debris
+    store_prices(redis=redis_client, prices={}, not_found=["NSE_EQ:98"], not_found_ttl=0)
+    assert redis_client.exists("dhan:rest:not_found:NSE_EQ:98") == 0
+
+
+def test_the_new_limits_are_read_from_the_environment() -> None:
+    settings = Settings.from_env({"DHAN_NOT_FOUND_TTL_SECONDS": "60",
+                                  "DHAN_REST_CALLER_INTERVAL_SECONDS": "2.5"})  # fmt: skip
+    assert (settings.dhan_not_found_ttl, settings.dhan_rest_caller_interval) == (60, 2.5)
+    defaults = Settings.from_env({})
+    assert (defaults.dhan_not_found_ttl, defaults.dhan_rest_caller_interval) == (300, 5.0)
+
+
 # --- through the SDK, against the stand-in -----------------------------------------------------
 
 
@@ -204,6 +243,9 @@ def dhan_api(make_api: MakeApi, rest: RestStandIn, **overrides: Any) -> ApiHarne
         "dhan_rest_min_interval": 0.12,
         "dhan_rest_timeout": 2.0,
         "dhan_rest_budget": 5.0,
+        # One test caller asks many times in a row; the caller's share has tests of its own
+        # (test_ratelimit.py, tests/abuse).
+        "dhan_rest_caller_interval": 0.0,
     }
     settings.update(overrides)
     return make_api(**settings)
@@ -247,6 +289,80 @@ def test_ids_dhan_does_not_know_are_not_found(
     assert body["prices"] == {"NSE_EQ:1333": 1234.5}
     assert body["missing"] == {"NSE_EQ:99999": "not_found"}
     assert body["errors"] == []
+
+
+def test_not_found_is_remembered_until_a_price_appears(
+    make_api: MakeApi, rest: RestStandIn, redis_client: redis.Redis
+) -> None:
+    api = dhan_api(make_api, rest, dhan_not_found_ttl=240)
+    rest.unknown_ids_missing = True
+    first = api.get_prices("keys=NSE_EQ:99999").json()
+    assert first["missing"] == {"NSE_EQ:99999": "not_found"}
+    assert len(rest.calls) == 1
+    assert 230 < redis_client.ttl("dhan:rest:not_found:NSE_EQ:99999") <= 240
+
+    # Asked again (and again): answered from the cache, no call, no credentials needed.
+    for _ in range(3):
+        again = api.get_prices("keys=NSE_EQ:99999").json()
+        assert again["missing"] == {"NSE_EQ:99999": "not_found"}
+        assert again["api_fetched_count"] == 0
+    assert len(rest.calls) == 1
+
+    # The stream starts carrying it: its price wins over the remembered absence.
+    redis_client.set("ltp:NSE_EQ:99999", "12.5", ex=30)
+    body = api.get_prices("keys=NSE_EQ:99999").json()
+    assert body["prices"] == {"NSE_EQ:99999": 12.5} and body["missing"] == {}
+    assert len(rest.calls) == 1
+
+
+def test_without_a_not_found_ttl_every_miss_asks_dhan(
+    make_api: MakeApi, rest: RestStandIn, redis_client: redis.Redis
+) -> None:
+    api = dhan_api(make_api, rest, dhan_not_found_ttl=0)
+    rest.unknown_ids_missing = True
+    for _ in range(2):
+        assert api.get_prices("keys=NSE_EQ:99999").json()["missing"] == {
+            "NSE_EQ:99999": "not_found"}
+    assert len(rest.calls) == 2
+    assert list(redis_client.scan_iter(match="dhan:rest:not_found:*")) == []
+
+
+def test_with_a_master_loaded_unknown_instruments_cost_no_call(
+    make_api: MakeApi, rest: RestStandIn, redis_client: redis.Redis
+) -> None:
+    from core.instrument_master import SAMPLE_PATH, load_master
+
+    api = dhan_api(make_api, rest)
+    rest.set_price("NSE_EQ", "2885", 2450.1)
+    rest.set_price("NSE_EQ", "424242", 1.5)  # Dhan would know it; the master does not
+    # No master yet: fetched as before.
+    body = api.get_prices("keys=NSE_EQ:424242").json()
+    assert body["prices"] == {"NSE_EQ:424242": 1.5}
+    assert len(rest.calls) == 1
+    redis_client.delete("ltp:NSE_EQ:424242")
+
+    load_master(SAMPLE_PATH, redis=redis_client)
+    body = api.get_prices("keys=NSE_EQ:2885,NSE_EQ:424242,NSE_FNO:7").json()
+    assert body["prices"] == {"NSE_EQ:2885": 2450.1}
+    assert body["missing"] == {"NSE_EQ:424242": "unknown_instrument",
+                               "NSE_FNO:7": "unknown_instrument"}  # fmt: skip
+    assert len(rest.calls) == 2
+    assert rest.calls[1]["body"] == {"NSE_EQ": [2885], "dhanClientId": CLIENT_ID}
+    # Only unknown keys: no call at all.
+    body = api.get_prices("keys=NSE_EQ:424242").json()
+    assert body["missing"] == {"NSE_EQ:424242": "unknown_instrument"}
+    assert len(rest.calls) == 2
+
+
+def test_unknown_instruments_are_answered_even_without_credentials(
+    make_api: MakeApi, redis_client: redis.Redis
+) -> None:
+    from core.instrument_master import SAMPLE_PATH, load_master
+
+    load_master(SAMPLE_PATH, redis=redis_client)
+    body = make_api().get_prices("keys=NSE_EQ:2885,NSE_EQ:424242").json()
+    assert body["missing"] == {"NSE_EQ:2885": "dhan_not_configured",
+                               "NSE_EQ:424242": "unknown_instrument"}  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,9 @@
   server's own clock, is at least the interval;
 - the real fetch path (`fetch_prices` with the limiter, as the API runs it) from threads in
   several processes against the REST stand-in: Dhan's 1-call-per-interval window never answers
-  429 to our own concurrency.
+  429 to our own concurrency;
+- a caller's share: a caller over it is refused at once, other callers still get slots, one
+  request takes its share once, concurrent requests of one caller take one slot.
 
 Contenders in other processes are started with the `spawn` context (no fork of a threaded
 pytest) and open their own Redis client to the test's Redis URL.
@@ -28,7 +30,7 @@ import redis
 from core.config import Secret
 from core.instruments import InstrumentKey
 from functions.dhan_rest import SdkSourceCache, fetch_prices
-from functions.ratelimit import MIN_WAIT, Attempt, RateLimiter
+from functions.ratelimit import MIN_WAIT, Attempt, RateLimiter, caller_key
 from functions.secrets import DhanCredentials
 from local.dhan_sim.rest import RestStandIn
 
@@ -308,3 +310,134 @@ def test_concurrent_misses_get_no_429_from_the_stand_in(
     assert statuses == [200] * len(calls)
     assert len(calls) >= FETCH_CALLS
     assert len(calls) == int(redis_client.get(CALLS) or 0)  # every call made reached the stand-in
+
+
+# --- a caller's share of the slots -------------------------------------------------------------
+
+SHARE_PREFIX = "test:ratelimit:caller:"
+
+
+def share_limiter(client: redis.Redis, caller: str | None, *, interval: float = 0.05,
+                  caller_interval: float = 5.0) -> RateLimiter:  # fmt: skip
+    """A limiter as one request builds it: the deployment's slot plus `caller`'s share."""
+    return RateLimiter(redis=client, interval=interval, key=KEY, caller=caller,
+                       caller_interval=caller_interval, caller_prefix=SHARE_PREFIX)  # fmt: skip
+
+
+def test_a_caller_over_its_share_is_refused_at_once_while_others_get_slots(
+    redis_client: redis.Redis,
+) -> None:
+    assert share_limiter(redis_client, "ip:203.0.113.7").acquire(deadline=time.monotonic() + 2.5)
+    share = caller_key("ip:203.0.113.7", prefix=SHARE_PREFIX)
+    assert 4_900 < redis_client.pttl(share) <= 5_000
+
+    # The same caller's next request: no waiting for a share that frees in 5 s.
+    again = share_limiter(redis_client, "ip:203.0.113.7")
+    began = time.monotonic()
+    assert not again.acquire(deadline=time.monotonic() + 2.5)
+    assert time.monotonic() - began < 0.05
+    assert again.refusal is not None and again.refusal.caller_refused
+    assert 4.5 < again.refusal.wait <= 5.0
+
+    # Another caller waits only for the deployment's slot (50 ms here), then gets it.
+    other = share_limiter(redis_client, "ip:198.51.100.9")
+    assert other.acquire(deadline=time.monotonic() + 2.5)
+    assert other.refusal is None
+    # Without a caller (the FastAPI route) only the deployment's slot applies, as before.
+    assert share_limiter(redis_client, None).acquire(deadline=time.monotonic() + 2.5)
+    assert len(redis_client.keys(SHARE_PREFIX + "*")) == 2  # one share per named caller
+
+
+def test_one_request_takes_its_share_once_for_all_its_calls(redis_client: redis.Redis) -> None:
+    """A fetch of more than 1,000 ids (or the retry after a Dhan 429) needs several slots: the
+    request's later slots need only the deployment's, and each restarts the caller's interval."""
+    limiter = share_limiter(redis_client, "sub:user-1", caller_interval=0.5)
+    share = caller_key("sub:user-1", prefix=SHARE_PREFIX)
+    assert limiter.acquire(deadline=time.monotonic() + 2.5)
+    time.sleep(0.2)
+    assert limiter.acquire(deadline=time.monotonic() + 2.5)
+    assert 400 < redis_client.pttl(share) <= 500  # restarted at the second grant
+    assert not share_limiter(redis_client, "sub:user-1", caller_interval=0.5).acquire(
+        deadline=time.monotonic() + 2.5)
+    time.sleep(0.55)
+    assert share_limiter(redis_client, "sub:user-1", caller_interval=0.5).acquire(
+        deadline=time.monotonic() + 2.5)
+
+
+def test_concurrent_requests_of_one_caller_take_one_slot(redis_client: redis.Redis) -> None:
+    """Twelve requests of one caller race (each its own limiter, as each Lambda has): one
+    slot; the others are refused as soon as the winner holds the share. A second caller's
+    requests get their own slot."""
+    outcomes: dict[str, list[tuple[bool, float]]] = {"a": [], "b": []}
+    lock = threading.Lock()
+
+    def run(who: str) -> None:
+        caller = "a" if who.endswith(("0", "2", "4", "6", "8")) else "b"
+        limiter = share_limiter(redis_client, f"ip:{caller}", interval=0.1)
+        began = time.monotonic()
+        granted = limiter.acquire(deadline=began + 2.5)
+        with lock:
+            outcomes[caller].append((granted, time.monotonic() - began))
+
+    _in_threads(12, "share", run, lambda: None)
+    for caller in ("a", "b"):
+        granted = [took for ok, took in outcomes[caller] if ok]
+        refused = [took for ok, took in outcomes[caller] if not ok]
+        assert len(granted) == 1, outcomes
+        assert len(refused) == 5
+        # Refused callers waited at most for the slots before the winner's, never the budget.
+        assert max(refused) < 1.0, outcomes
+
+
+def test_a_share_key_without_expiry_is_repaired(redis_client: redis.Redis) -> None:
+    share = caller_key("ip:203.0.113.7", prefix=SHARE_PREFIX)
+    redis_client.set(share, "stuck")
+    limiter = share_limiter(redis_client, "ip:203.0.113.7", caller_interval=0.5)
+    assert not limiter.acquire(deadline=time.monotonic() + 2.5)
+    assert 0 < redis_client.pttl(share) <= 500
+
+
+def test_a_refund_gives_back_only_the_refunders_share(redis_client: redis.Redis) -> None:
+    limiter = share_limiter(redis_client, "ip:203.0.113.7")
+    assert limiter.acquire(deadline=time.monotonic() + 2.5)
+    limiter.refund_share()
+    assert redis_client.exists(caller_key("ip:203.0.113.7", prefix=SHARE_PREFIX)) == 0
+    later = share_limiter(redis_client, "ip:203.0.113.7")
+    assert later.acquire(deadline=time.monotonic() + 2.5)
+    limiter.refund_share()  # a stale refund must not free the newer grant's share
+    assert redis_client.exists(caller_key("ip:203.0.113.7", prefix=SHARE_PREFIX)) == 1
+
+
+def test_share_keys_are_short_and_hold_nothing_the_caller_sent() -> None:
+    long_subject = "sub:" + "x" * 5000 + "\n\x00*"
+    key = caller_key(long_subject)
+    assert key.startswith("dhan:rest:caller:") and len(key) == len("dhan:rest:caller:") + 24
+    assert key != caller_key("sub:other") and key == caller_key(long_subject)
+
+
+def test_the_fetch_path_refuses_an_over_share_caller_with_a_caller_share_error(
+    redis_client: redis.Redis,
+) -> None:
+    with RestStandIn(client_id=CLIENT_ID, access_token=TOKEN, rate_limit_interval=0.01) as rest:
+        sources = SdkSourceCache(base_url=rest.base_url)
+        source = sources.get(DhanCredentials(CLIENT_ID, Secret(TOKEN)))
+
+        def fetch(caller: str, key: str) -> Any:
+            limiter = share_limiter(redis_client, caller)
+            return fetch_prices([InstrumentKey("NSE_EQ", key)], source=source, limiter=limiter,
+                                deadline=time.monotonic() + 2.5, call_timeout=2.0)  # fmt: skip
+
+        assert fetch("ip:a", "1").prices and fetch("ip:b", "2").prices
+        refused = fetch("ip:a", "3")
+        assert refused.prices == {} and refused.missing == {"NSE_EQ:3": "rate_limited"}
+        assert refused.calls == 0 and refused.caller_refused == 1
+        [error] = refused.errors
+        assert error["code"] == "caller_share" and error["reason"] == "rate_limited"
+        assert "one per 5 s" in error["message"] and error["keys"] == 1
+        assert len(rest.calls) == 2
+
+        # A call failing on the deployment's credentials is not charged to the caller.
+        rest.fail_next(n=1, http_status=401, error_code="DH-901",
+                       error_type="Invalid_Authentication", message="token expired")  # fmt: skip
+        assert fetch("ip:c", "4").missing == {"NSE_EQ:4": "dhan_auth_error"}
+        assert fetch("ip:c", "4").prices

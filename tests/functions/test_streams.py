@@ -17,8 +17,10 @@ from core.names import CONTROL_CHANNEL, STREAM_REGISTRY_LOCK_KEY, stream_key
 from functions.errors import RegistryBusy, ScalingError, StreamError, StreamLimitError
 from functions.streams import (
     MAX_STREAM_KEYS,
+    STREAM_INDEX_KEY,
     EcsStreamerService,
     Stream,
+    read_indexed_streams,
     read_streams,
     registry_lock,
     start_streams,
@@ -137,6 +139,79 @@ def test_stop_removes_announces_and_is_idempotent(redis_client: redis.Redis, con
     again = stop_streams(["a"], redis=redis_client, service=None)
     assert again.stopped == [] and again.not_found == ["a"]
     assert control_messages(control) == []
+
+
+def indexed(client: redis.Redis) -> set[str]:
+    return {raw.decode() for raw in client.smembers(STREAM_INDEX_KEY)}
+
+
+def test_start_and_stop_keep_the_index_beside_the_records(redis_client: redis.Redis) -> None:
+    assert STREAM_INDEX_KEY == "market_stream:streams"
+    start_streams([stream("a", ["NSE_EQ:1"]), stream("b", ["NSE_EQ:2"])], redis=redis_client,
+                  service=None)  # fmt: skip
+    assert indexed(redis_client) == {"a", "b"}
+    assert set(read_indexed_streams(redis=redis_client)) == {"a", "b"}
+    stop_streams(["a"], redis=redis_client, service=None)
+    assert indexed(redis_client) == {"b"}
+    stop_streams(None, redis=redis_client, service=None)
+    assert redis_client.exists(STREAM_INDEX_KEY) == 0
+    assert read_indexed_streams(redis=redis_client) == {}
+    # A start with no stream (the scheduler's) and nothing registered writes no empty index.
+    start_streams([], redis=redis_client, service=None)
+    assert redis_client.exists(STREAM_INDEX_KEY) == 0
+
+
+def test_the_index_read_needs_no_scan_and_drops_lapsed_records(redis_client: redis.Redis) -> None:
+    start_streams([stream("a", ["NSE_EQ:1"]), stream("b", ["NSE_EQ:2"]),
+                   stream("c", ["NSE_EQ:3"])], redis=redis_client, service=None)  # fmt: skip
+    redis_client.delete(stream_key("b"))  # as its 1 h TTL would
+    redis_client.set(stream_key("c"), "not json", keepttl=True)
+    scans = _calls(redis_client, "scan")
+    streams = read_indexed_streams(redis=redis_client)
+    assert _calls(redis_client, "scan") == scans
+    assert set(streams) == {"a", "c"} and streams["c"] is None
+    assert indexed(redis_client) == {"a", "c"}
+
+
+def test_a_name_re_registered_during_the_read_stays_indexed(redis_client: redis.Redis) -> None:
+    """The reader saw the record missing; before it prunes, a start writes it again: the
+    prune (one script) checks the record itself, so the name stays."""
+    start_streams([stream("a", ["NSE_EQ:1"])], redis=redis_client, service=None)
+
+    class RacingRedis:
+        def __init__(self, inner: redis.Redis) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def mget(self, names: list[str]) -> list[bytes | None]:
+            values = self.inner.mget(names)
+            return [None for _ in values]  # read before the start below wrote them
+
+    assert read_indexed_streams(redis=RacingRedis(redis_client)) == {}  # type: ignore[arg-type]
+    assert indexed(redis_client) == {"a"}
+
+
+def test_records_of_other_writers_join_the_index_at_the_next_start_or_stop(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.set(stream_key("seed"), json.dumps(["NSE_EQ:5"]), ex=3600)
+    assert read_indexed_streams(redis=redis_client) == {}  # not known until a start or stop
+    start_streams([stream("ok", ["NSE_EQ:1"])], redis=redis_client, service=None)
+    assert indexed(redis_client) == {"ok", "seed"}
+    redis_client.set(stream_key("later"), json.dumps(["NSE_EQ:6"]), ex=3600)
+    stop_streams(["ok"], redis=redis_client, service=None)
+    assert indexed(redis_client) == {"seed", "later"}
+    # A named stop removes a name whose record already lapsed.
+    redis_client.delete(stream_key("later"))
+    stop_streams(["later"], redis=redis_client, service=None)
+    assert indexed(redis_client) == {"seed"}
+
+
+def _calls(client: redis.Redis, command: str) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 def test_unreadable_records_are_kept_apart(redis_client: redis.Redis) -> None:

@@ -55,6 +55,77 @@ def test_authorizer_allows_a_signed_token_and_denies_others(
         ws.authorize(request, None)
 
 
+def effect(answer: dict[str, Any]) -> str:
+    (statement,) = answer["policyDocument"]["Statement"]
+    return str(statement["Effect"])
+
+
+def test_authorizer_checks_the_address_and_purpose_of_a_token(
+    entry_points: None, redis_client: redis.Redis
+) -> None:
+    request = event("ws_authorizer.json")  # requestContext.identity.sourceIp: 203.0.113.7
+    query = request["queryStringParameters"]
+    query["token"] = mint_token(SECRET, subject="ip:203.0.113.7", source_ip="203.0.113.7")
+    answer = ws.authorize(request, None)
+    assert effect(answer) == "Allow" and answer["principalId"] == "ip:203.0.113.7"
+    cases = {
+        "token bound to another address": mint_token(SECRET, source_ip="198.51.100.23"),
+        "wrong purpose": mint_token(SECRET, source_ip="203.0.113.7", purpose="api-read"),
+        "token expired": mint_token(SECRET, source_ip="203.0.113.7", now=time.time() - 61),
+    }
+    for reason, token in cases.items():
+        query["token"] = token
+        answer = ws.authorize(request, None)
+        assert effect(answer) == "Deny", reason
+        assert answer["context"] == {"reason": reason}
+    # An event without the connecting address cannot match a bound token.
+    query["token"] = mint_token(SECRET, source_ip="203.0.113.7")
+    del request["requestContext"]["identity"]
+    assert effect(ws.authorize(request, None)) == "Deny"
+
+
+@pytest.mark.parametrize("blank", ["  ", "\t", ""])
+def test_a_blank_token_secret_fails_the_connect_never_opens_it(
+    entry_points: None, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, blank: str
+) -> None:
+    from functions.errors import SecretError
+
+    monkeypatch.setenv("WS_TOKEN_SECRET", blank)
+    ws.ws_app.cache_clear()
+    request = event("ws_authorizer.json")
+    for token in (mint_token(SECRET), "anything", None):
+        request["queryStringParameters"] = {"token": token} if token else None
+        # Raised, so API Gateway answers 500: neither "anonymous" nor a checked token.
+        with pytest.raises(SecretError, match="WS_TOKEN_SECRET is set but blank"):
+            ws.authorize(request, None)
+
+
+def test_a_blank_token_secret_in_secrets_manager_fails_the_connect(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+    from moto import mock_aws
+
+    from functions.errors import SecretError
+    from functions.secrets import SecretsCache
+    from functions.settings import Settings
+    from functions.ws.settings import RealtimeSettings
+    from functions.ws.wiring import build_app
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "ap-south-1"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name="ap-south-1")
+        arn = client.create_secret(Name="ws", SecretString=" \n ")["ARN"]
+        app = build_app(Settings(redis_url=redis_url, ws_token_secret_arn=arn),
+                        RealtimeSettings(), secrets=SecretsCache(client=client))
+        request = event("ws_authorizer.json")
+        request["queryStringParameters"]["token"] = mint_token(SECRET)
+        with pytest.raises(SecretError, match="WS_TOKEN_SECRET_ARN is blank"):
+            app.authorize(request)
+
+
 async def test_connect_message_disconnect_on_aws_shapes(
     entry_points: None, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -121,6 +121,9 @@ async def test_ping_pong_and_unsubscribe(redis_url: str, redis_client: redis.Red
         ('{"action": "subscribe", "keys": ["NSE_EQ:1", "NASDAQ:AAPL"]}', "invalid keys"),
         ('{"action": "subscribe", "keys": [1333]}', "invalid keys"),
         ('{"action": "subscribe", "keys": ["NSE_EQ:' + "1" * 70000 + '"]}', "message too large"),
+        # Nested ~1,000 deep: naming the value by its repr raised RecursionError (a 500).
+        ('{"action": ' + "[" * 1000 + "]" * 1000 + "}", "unknown action"),
+        ("[" * 3000 + "]" * 3000, "invalid JSON"),
     ],
 )
 async def test_hostile_messages_get_an_error_and_change_nothing(

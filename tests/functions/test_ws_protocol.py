@@ -7,9 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from functions.ws.protocol import ProtocolError, parse_client_message
+from functions.ws.protocol import ProtocolError, parse_client_message, rate_limited_message
+from functions.ws.settings import RealtimeSettings
+from functions.ws.wiring import connection_limits, message_rate
 from functions.wsauth import TokenError, mint_token, verify_token
 from realtime.delivery import build_messages, index_window, pack_messages, route
+from realtime.registry import ConnectionLimits, MessageRate
 from realtime.views import ShardView
 from tests.realtime_support import update
 
@@ -35,6 +38,57 @@ def test_over_limit_and_oversized_are_refused_before_parsing_keys() -> None:
         parse_client_message(orjson.dumps({"action": "subscribe", "keys": keys}), max_keys=10)
     with pytest.raises(ProtocolError, match="too large"):
         parse_client_message("x" * 2000, max_bytes=1024)
+
+
+def test_the_default_key_cap_is_the_pages_500_rows() -> None:
+    keys = [f"NSE_EQ:{i}" for i in range(501)]
+    assert len(parse_client_message(orjson.dumps({"action": "subscribe",
+                                                  "keys": keys[:500]})).keys) == 500
+    with pytest.raises(ProtocolError, match="at most 500 keys") as over:
+        parse_client_message(orjson.dumps({"action": "subscribe", "keys": keys}))
+    assert over.value.details == {"code": "too_many_keys"}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("[" * 2000 + "]" * 2000, "invalid JSON (depth limit exceeded)"),
+        ('{"action": ' + "[" * 1020 + "]" * 1020 + "}", "unknown action 'a JSON array'"),
+        ('{"action": ' + '{"a":' * 1020 + "1" + "}" * 1020 + "}",
+         "unknown action 'a JSON object'"),
+        ('{"action": "subscribe", "keys": [' + "[" * 1020 + "]" * 1020 + "]}", "invalid keys"),
+        ('{"action": "' + "x" * 5000 + '"}', "unknown action '" + "x" * 40 + "'"),
+    ],
+)
+def test_deep_or_long_values_are_refused_without_being_echoed(body: str, reason: str) -> None:
+    """Python's repr of a value nested ~1,000 deep raises RecursionError (a 500 from the
+    handler): reasons name a nested value by its type and cut strings short."""
+    with pytest.raises(ProtocolError) as refused:
+        parse_client_message(body)
+    assert refused.value.reason.startswith(reason)
+    assert len(orjson.dumps([refused.value.reason, refused.value.details])) < 300
+
+
+def test_the_admission_defaults_are_productions() -> None:
+    realtime = RealtimeSettings.from_env({})
+    assert realtime.max_keys == 500
+    assert connection_limits(realtime) == ConnectionLimits(total=20_000, per_source_ip=20)
+    assert message_rate(realtime) == MessageRate(per_second=5.0, burst=20, strikes=3)
+    off = RealtimeSettings.from_env({"WS_MAX_CONNECTIONS": "0", "WS_MAX_CONNECTIONS_PER_IP": "0",
+                                     "WS_MESSAGE_RATE": "0"})
+    assert connection_limits(off) == ConnectionLimits() and message_rate(off) is None
+    tuned = RealtimeSettings.from_env({"WS_MESSAGE_RATE": "0.5", "WS_MESSAGE_BURST": "4",
+                                       "WS_ABUSE_STRIKES": "5"})
+    assert message_rate(tuned) == MessageRate(per_second=0.5, burst=4, strikes=5)
+    # A client that waits out its penalty always finds a token again.
+    assert MessageRate(per_second=0.5).penalty_ms == 2000 and MessageRate().penalty_ms == 1000
+
+
+def test_the_rate_limited_error_says_when_to_retry() -> None:
+    message = rate_limited_message(1000, per_second=5.0, burst=20)
+    assert message["type"] == "error" and message["code"] == "rate_limited"
+    assert message["retry_after_ms"] == 1000
+    assert "at most 5 per second (bursts of 20)" in message["reason"]
 
 
 def test_tokens_round_trip_and_resist_tampering() -> None:

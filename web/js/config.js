@@ -7,7 +7,9 @@
 //   wsToken     a signed connect token, when the WebSocket API requires one; the page re-reads
 //               config.json before each reconnect, so a server that mints per request keeps
 //               the token fresh
-//   tokenUrl    alternatively, a URL answering {"token": "..."} (fetched before each connect)
+//   tokenUrl    alternatively, a URL answering {"token": "..."} (fetched before each connect;
+//               with OIDC (README "Who may connect") the embedding site defines
+//               `window.ltpAuthorization`, returning its user's token, sent as a bearer)
 //   watchlist   [{key, symbol?, name?}] or ["NSE_EQ:2885", ...]; default: watchlist.json
 //   watchlistName  shown in the header
 //   options     timing overrides (see feed.js DEFAULTS), mostly for tests
@@ -63,11 +65,18 @@ export async function resolveWatchlist(config, search = window.location.search) 
   return { name: file.name || config.watchlistName, instruments: normalise(file.instruments) };
 }
 
+/** Identity mode (a): the bearer header for tokenUrl, from the embedding site's sign-in. */
+async function tokenRequest() {
+  const signedIn = globalThis.ltpAuthorization;
+  const bearer = typeof signedIn === "function" ? await signedIn() : null;
+  return bearer ? { headers: { Authorization: `Bearer ${bearer}` } } : {};
+}
+
 /** A function giving the token for the next WebSocket connect (null: none needed). */
 export function tokenSource(config) {
   if (config.tokenUrl) {
     return async () => {
-      const body = await fetchJson(config.tokenUrl);
+      const body = await fetchJson(config.tokenUrl, await tokenRequest());
       return typeof body.token === "string" ? body.token : null;
     };
   }

@@ -13,10 +13,22 @@
 // was wiped) answers `reconnect`: a fresh socket subscribes again. One that answers `pong`
 // knows the socket, so the prices are stuck further up (or the keys are quiet): the feed says
 // "stalled" and the page polls until prices arrive on the socket again.
+//
+// The poller backs off when the HTTP API is busy or away: after a failed poll (429, 503, any
+// other error status, a network error or a timeout) the next one waits an exponential backoff
+// with jitter (base `pollBackoffBaseMs`, doubling per failure, capped at `pollBackoffMaxMs`), and
+// never less than the server's `Retry-After` (seconds or an HTTP date; up to a jittered fifth
+// more, so pages told the same thing do not come back in lockstep). A success resets it. A
+// restart of the poller (the WebSocket dropped again) keeps to the same "not before" time.
+// (Cross-origin, the browser lets the page read `Retry-After` only when the API lists it in
+// `Access-Control-Expose-Headers`; without it the backoff alone applies.)
 
 export const DEFAULTS = Object.freeze({
   pollIntervalMs: 1500,
   pollTimeoutMs: 5000,
+  pollBackoffBaseMs: 1500,
+  pollBackoffMaxMs: 30 * 1000,
+  pollRetryAfterMaxMs: 5 * 60 * 1000,
   pingIntervalMs: 4 * 60 * 1000,
   pongTimeoutMs: 10 * 1000,
   maxConnectionMs: 2 * 60 * 60 * 1000 - 10 * 60 * 1000,
@@ -342,24 +354,74 @@ export class LiveFeed {
   }
 }
 
-/** Polls `GET /api/v1/current_prices` (POST for long watchlists) every `intervalMs`. */
+/**
+ * `Retry-After` as milliseconds from `now`: delta-seconds or an HTTP date; null when absent or
+ * unreadable (a date in the past is 0).
+ */
+export function retryAfterMs(value, now = Date.now()) {
+  if (value === null || value === undefined) return null;
+  const text = String(value).trim();
+  if (/^\d+$/.test(text)) return Number(text) * 1000;
+  if (!/[a-z]/i.test(text)) return null; // "-1", "1.5": not a delay, not a date
+  const at = Date.parse(text);
+  return Number.isNaN(at) ? null : Math.max(0, at - now);
+}
+
+/** A poll that failed: `status` (null for a network error or timeout) and `retryAfterMs`. */
+export class PollError extends Error {
+  constructor(message, { status = null, retryAfterMs: wait = null } = {}) {
+    super(message);
+    this.name = "PollError";
+    this.status = status;
+    this.retryAfterMs = wait;
+  }
+
+  /** The server said it is overloaded or down for now. */
+  get busy() {
+    return this.status === 429 || this.status === 503;
+  }
+}
+
+/**
+ * How long to wait before the next poll after `failures` failed ones in a row (>= 1), the last
+ * asking for `retryAfter` ms (or null): exponential backoff with equal jitter, never less than
+ * what the server asked (that up to a fifth more, jittered), each capped.
+ */
+export function pollDelay(failures, retryAfter, options = DEFAULTS, random = Math.random) {
+  const backoff = backoffDelay(failures - 1, options.pollBackoffBaseMs, options.pollBackoffMaxMs, random);
+  if (retryAfter === null || retryAfter === undefined) return backoff;
+  const asked = Math.min(retryAfter, options.pollRetryAfterMaxMs);
+  return Math.max(backoff, asked * (1 + 0.2 * random()));
+}
+
+/**
+ * Polls `GET /api/v1/current_prices` (POST for long watchlists) every `pollIntervalMs`, backing
+ * off after failures (see the top of this module). `onResult(ok, pause)`: `pause` is null on
+ * success, else `{busy, status, retryInMs, until}` (`until` an epoch ms).
+ */
 export class Poller {
-  constructor({ apiUrl, keys, onPrices, onResult, options = {} }) {
+  constructor({ apiUrl, keys, onPrices, onResult, options = {}, random = Math.random }) {
     this.base = apiUrl.replace(/\/+$/, "");
     this.keys = keys;
     this.onPrices = onPrices;
     this.onResult = onResult;
     this.options = { ...DEFAULTS, ...options };
+    this.random = random;
     this.generation = 0;
     this.running = false;
     this.timer = null;
+    this.failures = 0;
+    this.notBefore = 0; // performance.now() before which no poll is sent
   }
 
   start() {
     if (this.running) return;
     this.running = true;
     this.generation += 1;
-    this.tick(this.generation);
+    const generation = this.generation;
+    const wait = this.notBefore - performance.now();
+    if (wait > 0) this.timer = setTimeout(() => this.tick(generation), wait);
+    else this.tick(generation);
   }
 
   stop() {
@@ -371,18 +433,28 @@ export class Poller {
 
   async tick(generation) {
     const started = performance.now();
-    let ok = false;
+    let failure = null;
     try {
       const body = await fetchPrices(this.base, this.keys, this.options.pollTimeoutMs);
       if (generation !== this.generation) return;
-      ok = true;
+      this.failures = 0;
       this.onPrices(body);
     } catch (error) {
       if (generation !== this.generation) return;
       console.debug("screener: poll failed", error);
+      this.failures += 1;
+      failure = error instanceof PollError ? error : new PollError(String(error && error.message));
     }
-    this.onResult(ok);
-    const wait = Math.max(0, this.options.pollIntervalMs - (performance.now() - started));
+    let wait;
+    let pause = null;
+    if (failure === null) {
+      wait = Math.max(0, this.options.pollIntervalMs - (performance.now() - started));
+    } else {
+      wait = pollDelay(this.failures, failure.retryAfterMs, this.options, this.random);
+      pause = { busy: failure.busy, status: failure.status, retryInMs: wait, until: Date.now() + wait };
+    }
+    this.notBefore = performance.now() + wait;
+    this.onResult(failure === null, pause);
     if (this.running && generation === this.generation) {
       this.timer = setTimeout(() => this.tick(generation), wait);
     }
@@ -406,7 +478,12 @@ export async function fetchPrices(base, keys, timeoutMs = DEFAULTS.pollTimeoutMs
           headers: { "Content-Type": "application/json" },
           body: JSON.stringify({ keys }),
         });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    if (!response.ok) {
+      throw new PollError(`HTTP ${response.status}`, {
+        status: response.status,
+        retryAfterMs: retryAfterMs(response.headers.get("Retry-After")),
+      });
+    }
     return await response.json();
   } finally {
     clearTimeout(timer);

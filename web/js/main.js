@@ -1,6 +1,7 @@
 // The screener page: a watchlist whose prices arrive over the WebSocket API, with the HTTP API
 // polled while the WebSocket is down. Status: live (WebSocket), polling (HTTP every 1.5 s),
-// offline (neither answers).
+// offline (neither answers). While the poller backs off (the API answered 429/503 or did not
+// answer) the notice says "polling paused: server busy, retrying in N s", counting down.
 
 import { loadConfig, resolveWatchlist, tokenSource } from "./config.js";
 import { fetchPrices, LiveFeed, Poller } from "./feed.js";
@@ -38,6 +39,8 @@ async function main() {
     feed: null,
     poller: null,
     pollOk: null,
+    pollPause: null, // the poller's back-off while it lasts: {busy, status, retryInMs, until}
+    pauseText: null, // the notice text the pause wrote, to clear only our own
     status: "connecting",
     counters: { messages: 0, polls: 0, applied: 0, refused: 0 },
   };
@@ -66,6 +69,23 @@ async function main() {
     view.setConnection(status, detail);
   };
 
+  const pauseText = (pause) => {
+    const seconds = Math.max(0, Math.ceil((pause.until - Date.now()) / 1000));
+    const why = pause.busy ? "server busy" : "the HTTP API does not answer";
+    return `polling paused: ${why}, retrying in ${seconds} s`;
+  };
+
+  const showPause = () => {
+    if (app.pollPause) {
+      const text = pauseText(app.pollPause);
+      if (text !== app.pauseText || view.notice.textContent !== text) view.showNotice(text);
+      app.pauseText = text;
+    } else if (app.pauseText !== null) {
+      if (view.notice.textContent === app.pauseText) view.showNotice("");
+      app.pauseText = null;
+    }
+  };
+
   app.poller = new Poller({
     apiUrl: config.apiUrl,
     keys,
@@ -75,9 +95,11 @@ async function main() {
       // The HTTP API has no versions: only trust it while the WebSocket is not live.
       if (!app.feed || app.feed.state !== "live") apply(body);
     },
-    onResult: (ok) => {
+    onResult: (ok, pause) => {
       app.pollOk = ok;
-      refreshStatus(ok ? "" : "the HTTP API does not answer");
+      app.pollPause = pause;
+      refreshStatus(ok ? "" : pause ? pauseText(pause) : "the HTTP API does not answer");
+      showPause();
     },
   });
 
@@ -121,8 +143,13 @@ async function main() {
         }
       },
       onState: (state, detail) => {
-        if (state === "live") app.poller.stop();
-        else app.poller.start();
+        if (state === "live") {
+          app.poller.stop();
+          app.pollPause = null; // nothing is waiting to poll any more
+          showPause();
+        } else {
+          app.poller.start();
+        }
         refreshStatus(detail);
       },
     });
@@ -138,6 +165,7 @@ async function main() {
   let kinds = "";
   setInterval(() => {
     view.setAge(book.newestAt);
+    if (app.pollPause) showPause(); // the countdown
     const now = [...book.baselineKinds()].sort().join();
     if (now !== kinds) {
       kinds = now;
