@@ -49,6 +49,8 @@ class WebSocketApi(Construct):
         throttle_rate: int,
         throttle_burst: int,
         log_retention: logs.RetentionDays,
+        connect_throttle_rate: int = 100,
+        connect_throttle_burst: int = 200,
     ) -> None:
         super().__init__(scope, construct_id)
 
@@ -118,13 +120,20 @@ class WebSocketApi(Construct):
             self.authorize.function,
             identity_source=[TOKEN_IDENTITY_SOURCE],
         )
-        self.api.add_route(
+        connect_route = self.api.add_route(
             "$connect",
             integration=integrations.WebSocketLambdaIntegration(
                 "Connect", self.connect.function
             ),
             authorizer=authorizer,
         )
+        # `$connect` gets a bucket of its own: one client's message flood (each message takes
+        # from the stage's bucket) must not leave the other pages unable to connect.
+        stage = self.stage.node.default_child
+        assert isinstance(stage, apigwv2.CfnStage)
+        stage.route_settings = {"$connect": {"ThrottlingRateLimit": connect_throttle_rate,
+                                             "ThrottlingBurstLimit": connect_throttle_burst}}
+        stage.node.add_dependency(connect_route)  # a stage may name existing routes only
         self.api.add_route(
             "$disconnect",
             integration=integrations.WebSocketLambdaIntegration(

@@ -1,0 +1,26 @@
+"""The WebSocket stage: `$connect` has a throttle bucket of its own, so that a message flood
+(every message takes from the stage's bucket) cannot keep other pages from connecting."""
+
+from __future__ import annotations
+
+from aws_cdk.assertions import Template
+
+from tests.infra.helpers import Synthesized, logical_id
+
+
+def test_connect_has_its_own_bucket_and_the_stage_exists_after_the_route(
+    synthesized: Synthesized, template: Template
+) -> None:
+    stack = synthesized.stack
+    api = logical_id(stack, stack.websocket.api)
+    stages = {lid: r for lid, r in template.find_resources("AWS::ApiGatewayV2::Stage").items()
+              if r["Properties"]["ApiId"] == {"Ref": api}}
+    ((stage_id, stage),) = stages.items()
+    properties = stage["Properties"]
+    assert properties["RouteSettings"] == {
+        "$connect": {"ThrottlingRateLimit": 100, "ThrottlingBurstLimit": 200}}
+    assert properties["DefaultRouteSettings"]["ThrottlingRateLimit"] == 500
+    connect = [lid for lid, r in template.find_resources("AWS::ApiGatewayV2::Route").items()
+               if r["Properties"]["ApiId"] == {"Ref": api}
+               and r["Properties"]["RouteKey"] == "$connect"]
+    assert connect and set(connect) <= set(stage.get("DependsOn", [])), stage_id
