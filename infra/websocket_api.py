@@ -49,8 +49,8 @@ class WebSocketApi(Construct):
         throttle_rate: int,
         throttle_burst: int,
         log_retention: logs.RetentionDays,
-        connect_throttle_rate: int = 100,
-        connect_throttle_burst: int = 200,
+        connect_throttle_rate: int = 500,
+        connect_throttle_burst: int = 1000,
     ) -> None:
         super().__init__(scope, construct_id)
 
@@ -128,7 +128,9 @@ class WebSocketApi(Construct):
             authorizer=authorizer,
         )
         # `$connect` gets a bucket of its own: one client's message flood (each message takes
-        # from the stage's bucket) must not leave the other pages unable to connect.
+        # from the stage's bucket) must not leave the other pages unable to connect. 500/s is
+        # AWS's default quota of new connections per account and region: a reconnect storm
+        # (every page after a cache wipe) is not slowed below what AWS allows anyway.
         stage = self.stage.node.default_child
         assert isinstance(stage, apigwv2.CfnStage)
         stage.route_settings = {"$connect": {"ThrottlingRateLimit": connect_throttle_rate,

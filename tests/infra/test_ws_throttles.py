@@ -18,7 +18,7 @@ def test_connect_has_its_own_bucket_and_the_stage_exists_after_the_route(
     ((stage_id, stage),) = stages.items()
     properties = stage["Properties"]
     assert properties["RouteSettings"] == {
-        "$connect": {"ThrottlingRateLimit": 100, "ThrottlingBurstLimit": 200}}
+        "$connect": {"ThrottlingRateLimit": 500, "ThrottlingBurstLimit": 1000}}
     assert properties["DefaultRouteSettings"]["ThrottlingRateLimit"] == 500
     connect = [lid for lid, r in template.find_resources("AWS::ApiGatewayV2::Route").items()
                if r["Properties"]["ApiId"] == {"Ref": api}
