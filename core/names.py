@@ -33,6 +33,13 @@ Viewer demand (written by `realtime`'s scripts, read by the streamer; see stream
 A subscribe that adds a key the streamer does not carry yet publishes
 {"type": "demand_changed"} on market_stream:control, so the feed takes it within a second.
 
+DhanHQ REST fallback (functions.ratelimit, functions.dhan_rest):
+  dhan:rest:ratelimit           the deployment's slot (Dhan allows 1 call/s)
+  dhan:rest:caller:{digest}     one caller's share of the slots (PX)
+  dhan:rest:not_found:{SEG}:{ID} a key Dhan had no price for (EX, 300 s by default)
+  market_stream:streams         set: the names of the streams, kept with their records
+                                (health reads it instead of a SCAN)
+
 DhanHQ token renewal (functions.token; the access token itself lives only in the secret):
   dhan:token:status             JSON: the token's expiry, the last renewal run's result and
                                 when; read by health (TTL 3 days)
