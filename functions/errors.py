@@ -14,6 +14,10 @@ FunctionsError
  +-- StreamError              a stream request is invalid (name, keys, mode)
       +-- StreamLimitError      the streams together would exceed the feed's capacity
  +-- RegistryBusy             the stream registry lock could not be taken in time
+ +-- QuoteRequestError        the quotes function refuses an event (not a list of at most
+ |                            1,000 instrument keys and a caller); answered, never raised out
+ +-- QuoteFunctionError       the API could not get an answer from the quotes function
+                              (invoke failed, a function error, an answer of the wrong shape)
 
 `core.errors.SecretError` (a secret could not be read or has the wrong shape) is re-exported
 here: the functions raise and catch the one class the shared secret helpers raise.
@@ -112,3 +116,11 @@ class StreamLimitError(StreamError):
 
 class RegistryBusy(FunctionsError):
     """Another start/stop held the registry lock for longer than we could wait."""
+
+
+class QuoteRequestError(FunctionsError, ValueError):
+    """An event the quotes function refuses (`functions.quotes.contract.parse_request`)."""
+
+
+class QuoteFunctionError(FunctionsError):
+    """No usable answer from the quotes function; its keys are answered `dhan_error`."""

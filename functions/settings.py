@@ -18,6 +18,7 @@ any repr or log line); in AWS they are named by an ARN and resolved by `function
 | DHAN_REST_MIN_INTERVAL_SECONDS | 1.0 | deployment-wide spacing of REST calls (Dhan: 1/s) |
 | DHAN_REST_CALLER_INTERVAL_SECONDS | 5.0 | a caller's REST share: one fetch per interval (0: off) |
 | DHAN_NOT_FOUND_TTL_SECONDS | 300 | a key Dhan had no price for is not_found this long (0: off) |
+| QUOTE_FUNCTION_NAME | "" | the API's misses go to this private function (AWS); unset: in-process |
 | DHANHQ_WS_MODE | quote | default mode of a stream started without one |
 | ADMIN_API_KEY / ADMIN_SECRET_ARN | "" | when set, start/stop need `Authorization: Bearer` |
 | WS_TOKEN_SECRET / WS_TOKEN_SECRET_ARN | "" | signing key of WebSocket connect tokens |
@@ -89,6 +90,8 @@ class Settings:
     # single caller cannot take every one of the deployment's 1/s slots.
     dhan_rest_caller_interval: float = 5.0
     dhan_not_found_ttl: int = 300
+    # The private function that holds the Dhan token (AWS); empty: the API fetches itself.
+    quote_function_name: str = ""
     ws_mode: str = "quote"
 
     admin_api_key: Secret = Secret("")
@@ -137,6 +140,7 @@ class Settings:
                 "DHAN_REST_CALLER_INTERVAL_SECONDS", 5.0, minimum=0.0
             ),
             dhan_not_found_ttl=env.integer("DHAN_NOT_FOUND_TTL_SECONDS", 300, minimum=0),
+            quote_function_name=env.text("QUOTE_FUNCTION_NAME"),
             ws_mode=env.choice("DHANHQ_WS_MODE", "quote", WS_MODES),
             admin_api_key=env.secret("ADMIN_API_KEY"),
             admin_secret_arn=env.text("ADMIN_SECRET_ARN"),

@@ -20,6 +20,7 @@ from infra.cache import Cache
 from infra.fanout import Fanout
 from infra.http_api import HttpApi
 from infra.instruments import InstrumentMaster
+from infra.quotes import QuoteFunction
 from infra.schedule import MarketSchedule
 from infra.settings import DeploySettings
 from infra.streamer_service import StreamerService
@@ -52,6 +53,7 @@ class NaggedStack(Protocol):
     streamer: StreamerService
     web: WebHosting
     http: HttpApi
+    quotes: QuoteFunction
     schedule: MarketSchedule
     instruments: InstrumentMaster
     token_renewal: TokenRenewal
@@ -108,6 +110,7 @@ def acknowledge_findings(stack: NaggedStack) -> None:
 
     functions = [
         stack.http.handler,
+        stack.quotes.handler,
         *stack.websocket.functions,
         stack.fanout.handler,
         stack.schedule.handler,

@@ -2,10 +2,12 @@
 
 Grants live here (not inside the units) so that each permission is visible in one place and
 scoped to one resource: the API and the scheduler may update/describe the streamer service
-only; the bridge (in the streamer task) may invoke the fan-out function only; the message
-handler and the fan-out may manage connections of this WebSocket API's stage only; each secret
-is readable by the functions that use it and nothing else; only the token renewal may put a new
-version of the Dhan secret.
+only; the bridge (in the streamer task) may invoke the fan-out function only; the API's
+function may invoke the quotes function only; the message handler and the fan-out may manage
+connections of this WebSocket API's stage only; each secret is readable by the functions that
+use it and nothing else (the Dhan secret: the streamer task, the quotes function and the token
+renewal, never a public function); only the token renewal may put a new version of the Dhan
+secret.
 
 Environment contract (the names every deployable reads; see ARCHITECTURE.md):
   REDIS_URL               rediss://<primary endpoint>:6379/0 (TLS, cluster mode off)
@@ -14,7 +16,8 @@ Environment contract (the names every deployable reads; see ARCHITECTURE.md):
   DHAN_SECRET_ARN         JSON {"client_id", "access_token"}
   ADMIN_SECRET_ARN        the admin bearer key (plain string)
   WS_TOKEN_SECRET_ARN     the WebSocket token signing key (plain string)
-  STREAMER_CLUSTER, STREAMER_SERVICE, WEBSOCKET_CALLBACK_URL, WS_SHARDS, FANOUT_FUNCTION_NAME
+  STREAMER_CLUSTER, STREAMER_SERVICE, WEBSOCKET_CALLBACK_URL, WS_SHARDS, FANOUT_FUNCTION_NAME,
+  QUOTE_FUNCTION_NAME     the API's function: the private function that fetches its misses
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from infra.instruments import InstrumentMaster
 from infra.monitoring import Monitoring
 from infra.nag import acknowledge_findings
 from infra.network import Network
+from infra.quotes import QuoteFunction
 from infra.schedule import MarketSchedule
 from infra.settings import DeploySettings
 from infra.streamer_service import StreamerService
@@ -204,6 +208,15 @@ class LtpStack(Stack):
             "STREAMER_CLUSTER": self.streamer.cluster.cluster_name,
             "STREAMER_SERVICE": self.streamer.service.service_name,
         }
+        # The API's cache misses go to DhanHQ through this private function, so that the public
+        # API function never holds the token (which could also place orders).
+        self.quotes = QuoteFunction(
+            self,
+            "Quotes",
+            code=code,
+            environment={**base_env, "DHAN_SECRET_ARN": self.dhan_secret.secret_arn},
+            **function_network,
+        )
         self.http = HttpApi(
             self,
             "Http",
@@ -211,7 +224,7 @@ class LtpStack(Stack):
             environment={
                 **base_env,
                 **stream_control_env,
-                "DHAN_SECRET_ARN": self.dhan_secret.secret_arn,
+                "QUOTE_FUNCTION_NAME": self.quotes.function.function_name,
                 "ADMIN_SECRET_ARN": self.admin_secret.secret_arn,
                 "WS_TOKEN_SECRET_ARN": self.ws_token_secret.secret_arn,
                 "DHANHQ_WS_MODE": settings.ws_mode,
@@ -251,8 +264,8 @@ class LtpStack(Stack):
             run_after=[self.cache],
             **function_network,
         )
-        # Keeps the 24-hour DhanHQ token in the Dhan secret fresh; the streamer and the API read
-        # it from there.
+        # Keeps the 24-hour DhanHQ token in the Dhan secret fresh; the streamer and the quotes
+        # function read it from there.
         self.token_renewal = TokenRenewal(
             self,
             "TokenRenewal",
@@ -291,6 +304,7 @@ class LtpStack(Stack):
                 self.instruments.errors_alarm,
                 self.token_renewal.errors_alarm,
                 self.token_renewal.seconds_left_alarm,
+                self.quotes.errors_alarm,
             ],
         )
         self._outputs()
@@ -301,6 +315,7 @@ class LtpStack(Stack):
         """Every function that talks to Redis (all but the token authorizer)."""
         return [
             self.http.function,
+            self.quotes.function,
             self.websocket.connect.function,
             self.websocket.disconnect.function,
             self.websocket.message.function,
@@ -329,7 +344,16 @@ class LtpStack(Stack):
             self.cache.auth_secret.grant_read(function)
 
         self.websocket.stage.grant_management_api_access(self.fanout.function)
-        self.dhan_secret.grant_read(self.http.function)
+        # The API's misses: the quotes function (unqualified, so no version wildcard) is the
+        # API's only way to DhanHQ; it never reads the Dhan secret itself.
+        self.http.function.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="InvokeTheQuotesFunction",
+                actions=["lambda:InvokeFunction"],
+                resources=[self.quotes.function.function_arn],
+            )
+        )
+        self.dhan_secret.grant_read(self.quotes.function)
         self.admin_secret.grant_read(self.http.function)
         self.ws_token_secret.grant_read(self.http.function)
         self.ws_token_secret.grant_read(self.websocket.authorize.function)

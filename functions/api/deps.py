@@ -1,15 +1,17 @@
 """What the API's routes work with, built once per execution environment by the entry point.
 
 Heavy clients are built lazily, on the paths that use them: boto3 (ECS, Secrets Manager) only
-when an ARN or a streamer service is configured and a route needs it; the `dhanhq` SDK only on
-the first cache miss. A cold start that serves cached prices imports neither.
+when an ARN or a streamer service is configured and a route needs it; on the first cache miss
+boto3's Lambda client when a quotes function is configured (QUOTE_FUNCTION_NAME, AWS), else the
+`dhanhq` SDK (the local run fetches in-process). A cold start that serves cached prices imports
+neither.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -17,9 +19,12 @@ from redis import Redis
 from redis.connection import HiredisRespSerializer
 from redis.utils import HIREDIS_AVAILABLE
 
+from core.instruments import InstrumentKey
 from core.redis_client import sync_client
-from functions.api.observability import ApiMetrics
-from functions.dhan_rest import SdkSourceCache
+from functions.api.observability import ApiMetrics, logger
+from functions.api.quotes import RemoteQuotes, lambda_client
+from functions.dhan_rest import FetchResult, SdkSourceCache
+from functions.quotes.fetch import fetch_quotes
 from functions.secrets import SecretsCache, secrets_for
 from functions.settings import Settings
 from functions.streams import EcsStreamerService, StreamerService
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
 
 SERVICE_NAME = "ltp-api"
 T = TypeVar("T")
+# Screened misses (canonical keys) and the caller -> what DhanHQ answered for them.
+QuoteFetch = Callable[[Sequence[str], str | None], FetchResult]
 
 
 class StrCommandPacker(HiredisRespSerializer):
@@ -96,6 +103,19 @@ class ApiDeps:
     secrets: SecretsCache | None = None
     streamer_service: Callable[[], StreamerService | None] = _not_managed
     wall_clock: Callable[[], float] = time.time
+    # The quotes function's caller (AWS); None: `quotes` fetches in this process.
+    remote_quotes: QuoteFetch | None = None
+
+    def quotes(self, keys: Sequence[str], caller: str | None) -> FetchResult:
+        """DhanHQ's prices of screened misses: through the quotes function when one is
+        configured, else with this process's own credentials (read at each call, from
+        `self.secrets`), by the same `fetch_quotes` the function runs."""
+        if self.remote_quotes is not None:
+            return self.remote_quotes(keys, caller)
+        # Canonical keys (functions.api.keys): a split is a parse.
+        parsed = [InstrumentKey(*key.split(":", 1)) for key in keys]
+        return fetch_quotes(parsed, caller=caller, settings=self.settings, redis=self.redis,
+                            secrets=self.secrets, sources=self.dhan_sources, log=logger)
 
     @classmethod
     def for_settings(
@@ -118,6 +138,13 @@ class ApiDeps:
                     service=settings.streamer_service,
                 )
             )
+        remote: QuoteFetch | None = None
+        if settings.quote_function_name:
+            remote = RemoteQuotes(
+                client=Lazy(lambda: lambda_client(budget=settings.dhan_rest_budget)),
+                function_name=settings.quote_function_name,
+                budget=settings.dhan_rest_budget,
+            )
         return cls(
             settings=settings,
             redis=redis,
@@ -126,6 +153,7 @@ class ApiDeps:
             connection_count=lambda: live_connections(redis),
             secrets=secrets,
             streamer_service=service,
+            remote_quotes=remote,
         )
 
 

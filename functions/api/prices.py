@@ -10,9 +10,11 @@ Reasons in `missing` are those of `functions.dhan_rest`.
 Misses are screened before any REST work (`functions.dhan_rest.read_screen`, one pipeline):
 keys the loaded instrument master does not know are `unknown_instrument`, keys Dhan recently
 had no price for are `not_found`, neither costing a call or a credentials lookup. The rest go
-to DhanHQ through the deployment's limiter and, when the request names its caller (the Lambda
-router passes the source IP or JWT subject: `functions.api.router.caller_of`), that caller's
-share of the slots (`DHAN_REST_CALLER_INTERVAL_SECONDS`).
+to DhanHQ (`ApiDeps.quotes`: the private quotes function in AWS, which alone reads the Dhan
+secret; in-process locally) through the deployment's limiter and, when the request names its
+caller (the Lambda router passes the source IP or JWT subject:
+`functions.api.router.caller_of`), that caller's share of the slots
+(`DHAN_REST_CALLER_INTERVAL_SECONDS`).
 
 The cache values are decimal strings written by this project (`core.messages.format_price`),
 which are already JSON numbers. In the usual case (every key cached, every value a JSON number)
@@ -25,33 +27,17 @@ else `parse_price` accepts is converted, the rest is a miss.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 import orjson
 
-from core.instruments import InstrumentKey
 from core.messages import parse_price, utc_now_iso
 from core.names import LTP_PREFIX
 from functions.api.answers import NO_STORE, Answer
 from functions.api.deps import ApiDeps
-from functions.api.observability import logger
-from functions.dhan_rest import (
-    AUTH_ERROR,
-    DHAN_ERROR,
-    NOT_CONFIGURED,
-    RATE_LIMITED,
-    FetchResult,
-    Screened,
-    fetch_prices,
-    read_screen,
-    store_prices,
-)
-from functions.errors import SecretError
-from functions.ratelimit import RateLimiter
-from functions.secrets import resolve_dhan_credentials
+from functions.dhan_rest import RATE_LIMITED, FetchResult, Screened, read_screen
 
 _NAME_GLUE = "," + LTP_PREFIX
 # Every character a JSON number can have: with only these (and commas between values), nothing
@@ -150,52 +136,13 @@ def fetch_missing(deps: ApiDeps, keys: Sequence[str], *, caller: str | None = No
 
     `caller` (None: unknown) takes its share of the REST slots; see the module docstring."""
     screened = read_screen(keys, redis=deps.redis)
-    result = _fetch(deps, screened.fetch, caller=caller) if screened.fetch else FetchResult()
+    result = deps.quotes(screened.fetch, caller) if screened.fetch else FetchResult()
     return _with_screen(result, screened)
 
 
 def _with_screen(result: FetchResult, screened: Screened) -> FetchResult:
     result.missing.update(screened.missing)
     result.unknown, result.remembered = screened.unknown, screened.remembered
-    return result
-
-
-def _fetch(deps: ApiDeps, keys: Sequence[str], *, caller: str | None) -> FetchResult:
-    settings = deps.settings
-    result = FetchResult()
-    try:
-        credentials = resolve_dhan_credentials(settings, secrets=deps.secrets)
-    except SecretError as exc:
-        logger.warning("dhan credentials unavailable", extra={"reason": str(exc)})
-        result.give_up(_instrument_keys(keys), DHAN_ERROR)
-        result.errors.append({"reason": DHAN_ERROR, "code": None, "type": "Configuration",
-                              "message": "DhanHQ credentials could not be read",
-                              "keys": len(keys), "segments": []})  # fmt: skip
-        return result
-    if not credentials:
-        result.give_up(_instrument_keys(keys), NOT_CONFIGURED)
-        return result
-    limiter = RateLimiter(redis=deps.redis, interval=settings.dhan_rest_min_interval,
-                          caller=caller, caller_interval=settings.dhan_rest_caller_interval)
-    result = fetch_prices(
-        _instrument_keys(keys),
-        source=deps.dhan_sources.get(credentials),
-        limiter=limiter,
-        deadline=time.monotonic() + settings.dhan_rest_budget,
-        call_timeout=settings.dhan_rest_timeout,
-    )
-    store_prices(redis=deps.redis, prices=result.prices, not_found=result.not_found(),
-                 not_found_ttl=settings.dhan_not_found_ttl)  # fmt: skip
-    if deps.secrets is not None and settings.dhan_secret_arn:
-        if any(error["reason"] == AUTH_ERROR for error in result.errors):
-            # Another process may have renewed the token in the secret: read it afresh next time.
-            deps.secrets.invalidate(settings.dhan_secret_arn)
-    if result.errors:
-        logger.warning(
-            "dhan rest fallback reported errors",
-            extra={"errors": [{k: e.get(k) for k in ("reason", "code", "type")}
-                              for e in result.errors]},  # fmt: skip
-        )
     return result
 
 
@@ -237,8 +184,3 @@ def _prices_object(cached: CachedPrices, fetched: FetchResult | None) -> Any:
         return orjson.Fragment(cached.spliced)
     # Not reached today (only misses are fetched, and a spliced read has none): kept correct.
     return orjson.Fragment(cached.spliced[:-1] + b"," + orjson.dumps(fetched.prices)[1:])
-
-
-def _instrument_keys(keys: Sequence[str]) -> list[InstrumentKey]:
-    # Keys reaching here are canonical (functions.api.keys), so a split is a parse.
-    return [InstrumentKey(*key.split(":", 1)) for key in keys]

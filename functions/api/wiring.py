@@ -29,8 +29,9 @@ from functions.secrets import SecretsCache, secrets_for
 from functions.settings import Settings
 
 # What the API needs in AWS (tests/infra check the template passes all of it): without the
-# admin secret start/stop would be open to anyone, without the ECS names nothing starts.
-REQUIRED_ENV = {"handler": (*LAMBDA_REDIS_ENV, "DHAN_SECRET_ARN", "ADMIN_SECRET_ARN",
+# admin secret start/stop would be open to anyone, without the ECS names nothing starts, without
+# the quotes function misses would need the Dhan secret here.
+REQUIRED_ENV = {"handler": (*LAMBDA_REDIS_ENV, "QUOTE_FUNCTION_NAME", "ADMIN_SECRET_ARN",
                             "WS_TOKEN_SECRET_ARN", "STREAMER_CLUSTER", "STREAMER_SERVICE")}
 
 

@@ -4,13 +4,16 @@
 Environments are exactly what `tests.deploy.cloud.resolve_deployables` resolved from the
 template, plus `Cloud.aws_environment()` (region, dummy credentials, the moto endpoints, the
 trust bundle, PATH/HOME/LANG, PYTHONPATH) and these additions:
-  endpoints      DHAN_API_BASE_URL (the HTTP API's and the token renewal's functions) -> the
-                 REST stand-in,
+  endpoints      DHAN_API_BASE_URL (the quotes and the token renewal functions: the only ones
+                 that call DhanHQ REST) -> the REST stand-in,
                  INSTRUMENT_MASTER_URL (the instrument-master function) -> a loopback
                  server of data/nse_sample.csv (the template leaves Dhan's CDN the default),
                  DHAN_FEED_URL (the streamer container) -> the feed simulator,
-                 AWS_ENDPOINT_URL_LAMBDA (the bridge container) -> the Lambda host of the
-                 function its FANOUT_FUNCTION_NAME names (the only function it invokes)
+                 AWS_ENDPOINT_URL_LAMBDA (the bridge container; the HTTP API's function) -> the
+                 Lambda host of the function its FANOUT_FUNCTION_NAME / QUOTE_FUNCTION_NAME
+                 names (the only function each invokes). Hosts start in two waves, the
+                 invoked functions first, so that the invoker's endpoint is known when it
+                 starts (Lambda hosts pick their ports when they bind).
   the clock      STREAMER_ALWAYS_OPEN=true (streamer container): the one override that is
                  not an endpoint, because the streamer refuses to stream outside NSE hours.
 """
@@ -36,6 +39,10 @@ from tests.deploy.harness import (
 ROUTE_SELECTION = "$request.body.action"  # the only one the local gateway implements
 INSTRUMENTS_HANDLER = "functions.instruments.handler"
 TOKEN_HANDLER = "functions.token.handler"
+QUOTES_HANDLER = "functions.quotes.handler"
+DHAN_REST_HANDLERS = (QUOTES_HANDLER, TOKEN_HANDLER)
+# The one function-to-function invoke: the HTTP API's function -> the quotes function.
+INVOKED_FUNCTION = "QUOTE_FUNCTION_NAME"
 CLOCK_OVERRIDES = {"STREAMER_ALWAYS_OPEN": "true"}
 
 
@@ -153,7 +160,13 @@ class Deployment:
         return deployables
 
     def start_hosts(self, functions: Iterable[Function], *, drop: Iterable[str] = ()) -> None:
-        dropped = set(drop)
+        chosen = list(functions)
+        invoked_first = [f for f in chosen if INVOKED_FUNCTION not in f.env]
+        invokers = [f for f in chosen if INVOKED_FUNCTION in f.env]
+        for wave in (invoked_first, invokers):
+            self._start_wave(wave, set(drop))
+
+    def _start_wave(self, functions: list[Function], dropped: set[str]) -> None:
         pending = {}
         for function in functions:
             env = self.function_environment(function)
@@ -176,15 +189,22 @@ class Deployment:
         if clash:
             raise StepFailed(f"{function.spec.logical_id}: the template sets {clash} itself")
         env = {**base, **function.env}
-        if self.is_http_api(function) or function.spec.handler == TOKEN_HANDLER:
+        if function.spec.handler in DHAN_REST_HANDLERS:
             env["DHAN_API_BASE_URL"] = self.services.rest_url
         if function.spec.handler == INSTRUMENTS_HANDLER and self.services.instruments_url:
             env["INSTRUMENT_MASTER_URL"] = self.services.instruments_url
+        if INVOKED_FUNCTION in function.env:
+            env["AWS_ENDPOINT_URL_LAMBDA"] = self.invoked_host_url(
+                function.env[INVOKED_FUNCTION], by=function.spec.logical_id)
         return env
 
-    def is_http_api(self, function: Function) -> bool:
+    def invoked_host_url(self, name: str, *, by: str) -> str:
+        """The Lambda host of the function `name`, which `by` invokes: already running."""
         assert self.deployables is not None
-        return function.spec.logical_id in self.deployables.http.routes.values()
+        target = self.deployables.by_name(name)
+        if target.spec.logical_id not in self.hosts:
+            raise StepFailed(f"{by} invokes {target.name}, which is not running")
+        return self.hosts[target.spec.logical_id].url
 
     def container_environment(self, name: str) -> dict[str, str]:
         assert self.deployables is not None
@@ -198,10 +218,8 @@ class Deployment:
             env["DHAN_FEED_URL"] = self.services.feed_url
             env.update(CLOCK_OVERRIDES)
         if "FANOUT_FUNCTION_NAME" in container.env:
-            target = self.deployables.by_name(container.env["FANOUT_FUNCTION_NAME"])
-            if target.spec.logical_id not in self.hosts:
-                raise StepFailed(f"container {name} invokes {target.name}, which is not running")
-            env["AWS_ENDPOINT_URL_LAMBDA"] = self.hosts[target.spec.logical_id].url
+            env["AWS_ENDPOINT_URL_LAMBDA"] = self.invoked_host_url(
+                container.env["FANOUT_FUNCTION_NAME"], by=f"container {name}")
         return env
 
     def launch_task(self, *, drop: Iterable[str] = (), only: str | None = None) -> None:

@@ -8,7 +8,8 @@ local stand-ins (moto in server mode for Secrets Manager and ECS, the local gate
 `@connections`, Lambda hosts for function names), and only endpoints are substituted: the
 cache endpoint -> a `redis-server` listening on TLS only with `--requirepass` (certificates made
 now with trustme, trusted through SSL_CERT_FILE, verification on), the execute-api origin ->
-the local gateway, AWS service endpoints -> moto / the fan-out's Lambda host (AWS_ENDPOINT_URL_*),
+the local gateway, AWS service endpoints -> moto / the Lambda host of the fan-out (for the
+bridge) or of the quotes function (for the HTTP API's function) (AWS_ENDPOINT_URL_*),
 DHAN_FEED_URL / DHAN_API_BASE_URL -> the DhanHQ simulator and its REST stand-in.
 
 Besides its template environment each process gets what its platform provides (region and
@@ -64,7 +65,7 @@ from tests.deploy.cloud import (
     resolve_deployables,
     scheduled_time,
 )
-from tests.deploy.deployment import INSTRUMENTS_HANDLER, Deployment, Services
+from tests.deploy.deployment import INSTRUMENTS_HANDLER, QUOTES_HANDLER, Deployment, Services
 from tests.deploy.harness import FunctionFailed, Process, StepFailed, http_call, wait_for
 
 pytestmark = [pytest.mark.cdk, pytest.mark.timeout(300)]
@@ -82,6 +83,7 @@ LAMBDA_AUTH = "REDIS_AUTH_SECRET_ARN"
 CONTAINER_AUTH = "REDIS_AUTH_TOKEN"
 REDIS_DEPLOYABLES = [
     "functions.api.handler",
+    "functions.quotes.handler",
     "functions.ws.connect",
     "functions.ws.disconnect",
     "functions.ws.message",
@@ -251,6 +253,8 @@ def _tokenless_event(handler: str, deployment: Deployment) -> dict[str, Any]:
         return _event("instruments_schedule.json")
     if handler == "functions.token.handler":  # fails on its lock or status write, before Dhan
         return _event("token_schedule.json")
+    if handler == "functions.quotes.handler":  # reads the Dhan secret, fails on the limiter
+        return {"keys": ["NSE_EQ:2885"], "caller": "test"}
     raise AssertionError(f"no event for {handler}")
 
 
@@ -533,16 +537,22 @@ def test_walk(deploy_synth: Synth, cloud: Cloud, feed: Feed, scrip_master: str,
         walk.run("bulk prices", bulk_prices, needs=("prices in Redis",),
                  watch=tails_of(deployment, api.process.name))
 
+        quotes = deployment.host_for_handler(QUOTES_HANDLER)
+
         def rest_fallback() -> str:
+            before = quotes.process.output().count("START RequestId")
             answer = http_call(api, "GET", "/api/v1/current_prices",
                                query={"keys": NOT_STREAMED})  # fmt: skip
             assert answer.status == 200, answer
             body = answer.json()
             assert NOT_STREAMED in body["prices"] and body["api_fetched_count"] == 1, body
-            return f"{NOT_STREAMED}={body['prices'][NOT_STREAMED]} through DhanHQ REST"
+            runs = quotes.process.output().count("START RequestId") - before
+            assert runs == 1, f"{runs} quotes function invocation(s) for one miss"
+            return (f"{NOT_STREAMED}={body['prices'][NOT_STREAMED]} through the quotes "
+                    "function and DhanHQ REST")
 
         walk.run("a price not streamed (DhanHQ REST)", rest_fallback,
-                 watch=tails_of(deployment, api.process.name))
+                 watch=tails_of(deployment, api.process.name, quotes.process.name))
 
         def still_running() -> str:
             dead = [p.describe() for p in deployment.task.values() if not p.alive]

@@ -13,6 +13,7 @@ from tests.infra.helpers import Synthesized, as_list, logical_id, references, st
 
 HANDLERS = {
     "functions.api.handler",
+    "functions.quotes.handler",
     "functions.ws.authorize",
     "functions.ws.connect",
     "functions.ws.disconnect",
@@ -62,7 +63,10 @@ def test_functions_get_the_contract_environment(synthesized: Synthesized) -> Non
         }
     api = env["functions.api.handler"]
     assert api["ADMIN_SECRET_ARN"] == {"Ref": logical_id(stack, stack.admin_secret)}
-    assert api["DHAN_SECRET_ARN"] == {"Ref": logical_id(stack, stack.dhan_secret)}
+    assert api["QUOTE_FUNCTION_NAME"] == {"Ref": logical_id(stack, stack.quotes.function)}
+    assert "DHAN_SECRET_ARN" not in api
+    quotes = env["functions.quotes.handler"]
+    assert quotes["DHAN_SECRET_ARN"] == {"Ref": logical_id(stack, stack.dhan_secret)}
     assert env["functions.ws.authorize"]["WS_TOKEN_SECRET_ARN"] == {
         "Ref": logical_id(stack, stack.ws_token_secret)
     }

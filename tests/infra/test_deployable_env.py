@@ -105,7 +105,8 @@ def sample_environment(names: list[str]) -> dict[str, str]:
 def test_every_deployable_is_found(synthesized: Synthesized) -> None:
     found = {what for what, *_ in deployables(synthesized)}
     assert found == {
-        "functions.api.handler", "functions.ws.authorize", "functions.ws.connect",
+        "functions.api.handler", "functions.quotes.handler", "functions.ws.authorize",
+        "functions.ws.connect",
         "functions.ws.disconnect", "functions.ws.message", "functions.fanout.handler",
         "functions.schedule.handler", "functions.instruments.handler", "functions.token.handler",
         "python -m streamer", "python -m relay",

@@ -104,8 +104,35 @@ def test_each_secret_is_readable_only_by_its_users(synthesized: Synthesized) -> 
         role(stack.http.function), role(stack.websocket.authorize.function)
     }
     assert readers(stack.dhan_secret) == {
-        role(stack.http.function), role(stack.token_renewal.function), task_role, execution_role
+        role(stack.quotes.function), role(stack.token_renewal.function), task_role, execution_role
     }
     assert readers(stack.cache.auth_secret) == {
         *(role(f) for f in stack.redis_functions), execution_role
     }
+
+
+def test_the_public_api_function_cannot_read_the_dhan_token(synthesized: Synthesized) -> None:
+    """The API's misses go through the quotes function: the API function is not told the
+    Dhan secret, may not read it, and may invoke the quotes function and no other; nothing
+    else may invoke the quotes function (no API route, no resource policy)."""
+    stack = synthesized.stack
+    api = synthesized.resource(stack.http.function)["Properties"]
+    assert "DHAN_SECRET_ARN" not in api["Environment"]["Variables"]
+    dhan = logical_id(stack, stack.dhan_secret)
+    found = policies_of_role(synthesized.resources, logical_id(stack, stack.http.function.role))
+    assert [s for s in found if references(s.get("Resource"), dhan)] == []
+    (invoke,) = [s for s in found if "lambda:InvokeFunction" in as_list(s["Action"])]
+    assert invoke["Resource"] == {"Fn::GetAtt": [logical_id(stack, stack.quotes.function), "Arn"]}
+
+    quotes = logical_id(stack, stack.quotes.function)
+    permissions = [r for r in synthesized.of_type("AWS::Lambda::Permission")
+                   if references(r["Properties"].get("FunctionName"), quotes)]  # fmt: skip
+    assert permissions == []
+    invokers = {
+        role["Ref"]
+        for policy, statement in statements(synthesized.resources)
+        if "lambda:InvokeFunction" in as_list(statement.get("Action", []))
+        and references(statement.get("Resource"), quotes)
+        for role in synthesized.resources[policy]["Properties"]["Roles"]
+    }
+    assert invokers == {logical_id(stack, stack.http.function.role)}
