@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from local.dhan_sim.feed import FeedSimulator, SimConfig
 from local.dhan_sim.prices import PriceBook
 from local.dhan_sim.protocol import MODES
+from local.dhan_sim.reference import load_reference
 from local.dhan_sim.rest import RestStandIn
 from local.dhan_sim.tokens import TOKEN_LIFETIME_SECONDS, TokenAuthority
 
@@ -74,7 +75,7 @@ def token_authority(args: argparse.Namespace) -> TokenAuthority:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    book = PriceBook(seed=args.seed)
+    book = PriceBook(seed=args.seed, reference=load_reference())
     tokens = token_authority(args)
     config = SimConfig(
         host=args.host, port=args.port, client_id=args.client_id, access_token=tokens.current,

@@ -1,7 +1,10 @@
 """The simulator's price book: one seeded random walk per instrument, shared by feed and REST.
 
-An instrument nobody has priced yet starts at a price derived only from (seed, segment, id),
-so two runs with the same seed agree and a REST answer for an unseen id is stable. Prices sit on
+An instrument nobody has priced yet starts near its reference price when the book has one
+(`local.dhan_sim.reference`: the sample's real-world levels), its previous close the reference
+itself; any other starts at a price derived only from (seed, segment, id). Either way two runs
+with the same seed agree and a REST answer for an unseen id is stable. The day's fields stay
+consistent: low <= price <= high, volume only rises. Prices sit on
 the tick grid (0.05 by default) and stay below 100,000 so that a float32 on the wire still
 rounds back to the same 2-decimal value. Feed and REST may run on different threads (the CLI),
 hence the lock around every mutation.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 Key = tuple[str, str]  # (segment name, security id as a string), e.g. ("NSE_EQ", "1333")
@@ -68,9 +72,11 @@ class InstrumentState:
 class PriceBook:
     """Current state per instrument; creates seeded instruments on first use."""
 
-    def __init__(self, *, seed: int = 0, tick_size: float = TICK_SIZE) -> None:
+    def __init__(self, *, seed: int = 0, tick_size: float = TICK_SIZE,
+                 reference: Mapping[Key, float] | None = None) -> None:
         self.seed = seed
         self.tick_size = tick_size
+        self.reference = dict(reference or {})
         self._states: dict[Key, InstrumentState] = {}
         self._deltas = tuple(step * tick_size for step in _STEPS)
         self.lock = threading.Lock()
@@ -84,7 +90,9 @@ class PriceBook:
     def initial_state(self, key: Key) -> InstrumentState:
         """The deterministic starting state of an instrument (depends on seed and key only)."""
         rng = random.Random(f"{self.seed}:{key[0]}:{key[1]}")
-        prev = on_tick_grid(rng.uniform(MIN_START, MAX_START), self.tick_size)
+        known = self.reference.get(key)
+        start = rng.uniform(MIN_START, MAX_START)
+        prev = on_tick_grid(min(known, MAX_PRICE) if known else start, self.tick_size)
         price = on_tick_grid(prev * (1 + rng.uniform(-0.01, 0.01)), self.tick_size)
         oi = rng.randrange(1_000, 5_000_000) if key[0] in ("NSE_FNO", "BSE_FNO", "MCX_COMM") else 0
         return InstrumentState(
@@ -137,7 +145,8 @@ class PriceBook:
         qty = randbelow(rng, 500) + 1
         state.price = price
         state.ltq = qty
-        state.volume = (state.volume + qty) & 0xFFFFFFFF
+        # The wire field is a u32: the volume stops there rather than wrapping to a smaller one.
+        state.volume = min(state.volume + qty, 0xFFFFFFFF)
         state.turnover += price * qty
         if price > state.high:
             state.high = price

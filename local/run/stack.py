@@ -141,9 +141,11 @@ class LocalStack:
         if choice.kind == "simulator":
             from local.dhan_sim.feed import FeedSimulator, SimConfig
             from local.dhan_sim.prices import PriceBook
+            from local.dhan_sim.reference import load_reference
             from local.dhan_sim.rest import RestStandIn
 
-            book = PriceBook(seed=self.options.seed)
+            # The sample's instruments start near their real levels (NIFTY near 25,900).
+            book = PriceBook(seed=self.options.seed, reference=load_reference())
             config = SimConfig(host="127.0.0.1", port=0, client_id=choice.client_id,
                                access_token=choice.access_token, rate=self.options.rate,
                                seed=self.options.seed)
