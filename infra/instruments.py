@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from aws_cdk import Duration, TimeZone, triggers
-from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -115,18 +114,8 @@ class InstrumentMaster(Construct):
             execute_on_handler_change=True,
         )
 
-        self.errors_alarm = cloudwatch.Alarm(
-            self,
-            "ErrorsAlarm",
-            metric=self.function.metric_errors(period=Duration.minutes(5), statistic="Sum"),
-            threshold=1,
-            evaluation_periods=1,
-            datapoints_to_alarm=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            alarm_description=(
+        self.errors_alarm = self.handler.errors_alarm(self, "ErrorsAlarm", description=(
                 "The instrument-master load failed (scheduled, on deploy or a Lambda retry): "
                 "Redis keeps the previous master; symbols of new instruments are missing "
                 "until a load succeeds. See the function's log for the reason."
-            ),
-        )
+            ))

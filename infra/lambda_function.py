@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -62,4 +63,20 @@ class PythonFunction(Construct):
             retry_attempts=async_retry_attempts,
             max_event_age=max_event_age,
             dead_letter_queue=dead_letter_queue,
+        )
+
+    def errors_alarm(self, scope: Construct, construct_id: str, *,
+                     description: str) -> cloudwatch.Alarm:
+        """Any failed invocation in 5 minutes (none is routine: each is a run that did not do
+        its job). No action here: the alarm topic is `infra.monitoring`'s (`extra_alarms`)."""
+        return cloudwatch.Alarm(
+            scope,
+            construct_id,
+            metric=self.function.metric_errors(period=Duration.minutes(5), statistic="Sum"),
+            threshold=1,
+            evaluation_periods=1,
+            datapoints_to_alarm=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            alarm_description=description,
         )

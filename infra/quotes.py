@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aws_cdk import Duration
-from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -60,17 +59,7 @@ class QuoteFunction(Construct):
             timeout=timeout,
         )
         self.function = self.handler.function
-        self.errors_alarm = cloudwatch.Alarm(
-            self,
-            "ErrorsAlarm",
-            metric=self.function.metric_errors(period=Duration.minutes(5), statistic="Sum"),
-            threshold=1,
-            evaluation_periods=1,
-            datapoints_to_alarm=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            alarm_description=(
+        self.errors_alarm = self.handler.errors_alarm(self, "ErrorsAlarm", description=(
                 "The quotes function failed: the HTTP API answers its cache misses dhan_error "
                 "meanwhile (streamed prices are unaffected). See the function's log."
-            ),
-        )
+            ))

@@ -66,7 +66,6 @@ TOKEN_DIMENSIONS = {"service": "token"}
 SECONDS_LEFT_ALARM_THRESHOLD = int(Duration.hours(6).to_seconds())
 # Two runs an hour: an hour without a datapoint is two missed runs.
 SECONDS_LEFT_PERIOD = Duration.hours(1)
-FIVE_MINUTES = Duration.minutes(5)
 RUNBOOK = 'README "Renewing the DhanHQ token by hand"'
 
 SECRET_RENEWAL_ACTIONS = (
@@ -162,21 +161,11 @@ class TokenRenewal(Construct):
             ),
         )
 
-        self.errors_alarm = cloudwatch.Alarm(
-            self,
-            "ErrorsAlarm",
-            metric=self.function.metric_errors(period=FIVE_MINUTES, statistic="Sum"),
-            threshold=1,
-            evaluation_periods=1,
-            datapoints_to_alarm=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            alarm_description=(
+        self.errors_alarm = self.handler.errors_alarm(self, "ErrorsAlarm", description=(
                 "A DhanHQ token-renewal run failed (scheduled or a Lambda retry): the secret "
                 "keeps the current token and the next run tries again in 30 minutes. See the "
                 f"function's log for the reason; {RUNBOOK} if it keeps failing."
-            ),
-        )
+            ))
 
 
 def grant_secret_renewal(secret: secretsmanager.ISecret, grantee: iam.IGrantable) -> None:
