@@ -40,6 +40,7 @@ from core.names import (
     INSTRUMENT_BY_SYMBOL_KEY,
     INSTRUMENT_META_KEY,
     INSTRUMENT_NAMES_KEY,
+    INSTRUMENT_SEGMENTS_KEY,
     INSTRUMENT_SYMBOLS_KEY,
 )
 from core.redis_client import as_text
@@ -224,9 +225,11 @@ def load_into_redis(
     temps = tuple(f"{name}:loading:{nonce}" for name in finals)
     rows = 0
     seen_symbols: set[str] = set()
+    segments: set[str] = set()
     try:
         for chunk in _chunks(instruments, CHUNK_ROWS):
             symbols = {str(i.key): i.symbol for i in chunk}
+            segments.update(i.key.segment for i in chunk)
             names = {str(i.key): i.name for i in chunk}
             by_symbol: dict[str, str] = {}
             for i in chunk:
@@ -254,8 +257,10 @@ def load_into_redis(
                 swap.rename(temp, final)
             else:
                 swap.delete(final)
-        swap.delete(INSTRUMENT_META_KEY)
+        swap.delete(INSTRUMENT_META_KEY, INSTRUMENT_SEGMENTS_KEY)
         swap.hset(INSTRUMENT_META_KEY, mapping=meta)
+        if segments:
+            swap.sadd(INSTRUMENT_SEGMENTS_KEY, *sorted(segments))
         swap.execute()
     except BaseException:
         cleanup = redis.pipeline(transaction=False)

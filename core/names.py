@@ -101,6 +101,9 @@ INSTRUMENT_SYMBOLS_KEY = "instruments:symbols"
 INSTRUMENT_NAMES_KEY = "instruments:names"
 INSTRUMENT_BY_SYMBOL_KEY = "instruments:by_symbol"
 INSTRUMENT_META_KEY = "instruments:meta"
+# The feed segments the loaded master covers (a load keeps only INSTRUMENT_SEGMENTS): a key of
+# another segment is not "unknown", the master just does not list its segment.
+INSTRUMENT_SEGMENTS_KEY = "instruments:segments"
 
 
 def ltp_key(key: InstrumentKey | str) -> str:

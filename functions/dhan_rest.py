@@ -54,10 +54,12 @@ from core.messages import format_price
 from core.names import (
     DHAN_REST_NOT_FOUND_PREFIX,
     INSTRUMENT_META_KEY,
+    INSTRUMENT_SEGMENTS_KEY,
     INSTRUMENT_SYMBOLS_KEY,
     LTP_TTL_SECONDS,
     ltp_key,
 )
+from core.redis_client import as_text
 from functions.ratelimit import RateLimiter
 from functions.secrets import DhanCredentials
 
@@ -179,15 +181,18 @@ def screen_misses(
     master_loaded: bool,
     symbols: Sequence[bytes | str | None],
     remembered: Sequence[bytes | str | None],
+    segments: frozenset[str] | None = None,
 ) -> Screened:
-    """Pure: with a master loaded, a key without a symbol is unknown; a key with a live
+    """Pure: with a master loaded, a key without a symbol is unknown, unless its segment is
+    not one the master lists (`segments`; None: it lists every one); a key with a live
     not-found entry is not found; the rest are fetched. `symbols` and `remembered` are the
     per-key values of `instruments:symbols` and of the not-found entries, in `keys` order."""
     fetch: list[str] = []
     missing: dict[str, str] = {}
     unknown = found_before = 0
     for key, symbol, before in zip(keys, symbols, remembered, strict=True):
-        if master_loaded and symbol is None:
+        if master_loaded and symbol is None and (
+                segments is None or key.partition(":")[0] in segments):
             missing[key] = UNKNOWN_INSTRUMENT
             unknown += 1
         elif before is not None:
@@ -208,8 +213,10 @@ def read_screen(keys: Sequence[str], *, redis: Redis) -> Screened:
     pipe.exists(INSTRUMENT_META_KEY)
     pipe.hmget(INSTRUMENT_SYMBOLS_KEY, list(keys))
     pipe.mget([not_found_key(key) for key in keys])
-    loaded, symbols, remembered = pipe.execute()
-    return screen_misses(keys, master_loaded=bool(loaded), symbols=symbols, remembered=remembered)
+    pipe.smembers(INSTRUMENT_SEGMENTS_KEY)
+    loaded, symbols, remembered, segments = pipe.execute()
+    return screen_misses(keys, master_loaded=bool(loaded), symbols=symbols, remembered=remembered,
+                         segments=frozenset(as_text(s) for s in segments) or None)
 
 
 def plan_calls(

@@ -295,7 +295,8 @@ class ConnectionRegistry:
             keys=[layout.conn(connection_id), layout.conn_keys(connection_id),
                   layout.shard_refs(shard), layout.REFS_EPOCH,
                   layout.shard_epoch(shard), names.DEMAND_KEY, names.CARRIED_KEY,
-                  names.ROOM_KEY, names.REJECTED_KEY, names.INSTRUMENT_SYMBOLS_KEY],
+                  names.ROOM_KEY, names.REJECTED_KEY, names.INSTRUMENT_SYMBOLS_KEY,
+                  names.INSTRUMENT_SEGMENTS_KEY],
             args=[self.max_keys, self._expire_at(connection_id), names.CONTROL_CHANNEL,
                   _WAKE, *keys],
         )

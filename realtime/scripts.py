@@ -137,11 +137,17 @@ SUBSCRIBE = BUMP_FN + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, {}, {}, {}} end
 local limit = tonumber(ARGV[1])
 local master = redis.call('EXISTS', KEYS[10]) == 1
+-- Which segments the master lists (none recorded: a master loaded before they were, taken
+-- to cover every segment).
+local covers_all = redis.call('EXISTS', KEYS[11]) == 0
+local function covered(key)
+  return covers_all or redis.call('SISMEMBER', KEYS[11], string.match(key, '^[^:]*')) == 1
+end
 local fresh, unknown, seen = {}, {}, {}
 for i = 5, #ARGV do
   local key = ARGV[i]
   if not seen[key] and redis.call('HEXISTS', KEYS[2], key) == 0 then
-    if master and redis.call('HEXISTS', KEYS[10], key) == 0 then
+    if master and covered(key) and redis.call('HEXISTS', KEYS[10], key) == 0 then
       unknown[#unknown + 1] = key
     else
       fresh[#fresh + 1] = key

@@ -148,14 +148,14 @@ async def test_unknown_instruments_are_refused_once_the_master_is_loaded(
         assert before["type"] == "snapshot" and before["missing"] == ["NSE_EQ:999001"]
         load_master(SAMPLE_PATH, redis=redis_client)
         known = sorted(map(as_text, redis_client.hkeys(names.INSTRUMENT_SYMBOLS_KEY)))[:2]
-        unknown = ["NSE_EQ:999002", "BSE_EQ:7"]
+        unknown = ["NSE_EQ:999002", "IDX_I:7"]
         snap = await request(ws, {"action": "subscribe", "id": "s", "keys": [*known, *unknown]})
         assert snap["type"] == "snapshot" and snap["id"] == "s"
         assert sorted([*snap["prices"], *snap["missing"]]) == known
         refused = await recv_json(ws)
         assert refused["type"] == "error" and refused["code"] == "unknown_instrument", refused
         assert refused["keys"] == unknown and refused["id"] == "s"
-        assert "NSE_EQ:999002, BSE_EQ:7" in refused["reason"]
+        assert "NSE_EQ:999002, IDX_I:7" in refused["reason"]
         # Only unknown keys: the error alone, no empty snapshot.
         alone = await request(ws, {"action": "subscribe", "keys": ["NSE_EQ:999003"]})
         assert alone["type"] == "error" and alone["keys"] == ["NSE_EQ:999003"]

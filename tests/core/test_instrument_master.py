@@ -16,6 +16,7 @@ from core.names import (
     INSTRUMENT_BY_SYMBOL_KEY,
     INSTRUMENT_META_KEY,
     INSTRUMENT_NAMES_KEY,
+    INSTRUMENT_SEGMENTS_KEY,
     INSTRUMENT_SYMBOLS_KEY,
 )
 
@@ -171,8 +172,11 @@ def test_a_reload_replaces_the_master_whole(
             INSTRUMENT_NAMES_KEY,
             INSTRUMENT_BY_SYMBOL_KEY,
             INSTRUMENT_META_KEY,
+            INSTRUMENT_SEGMENTS_KEY,
         )
     )
+    # The segments of the new load only: the first load's others are gone with it.
+    assert redis_client.smembers(INSTRUMENT_SEGMENTS_KEY) == {b"NSE_EQ"}
 
 
 def test_the_first_row_of_a_symbol_wins_the_reverse_lookup(redis_client: redis.Redis) -> None:

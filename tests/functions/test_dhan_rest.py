@@ -146,6 +146,11 @@ def test_the_screen_answers_unknown_and_remembered_keys_without_a_call() -> None
     bare = screen_misses(keys, master_loaded=False, symbols=[None] * 4, remembered=remembered)
     assert bare.fetch == ["NSE_EQ:1", "NSE_EQ:2"]
     assert bare.missing == {"NSE_EQ:3": NOT_FOUND, "NSE_EQ:4": NOT_FOUND}
+    # A segment the master does not list is fetched: it was not loaded, it is not unknown.
+    mixed = screen_misses(["NSE_EQ:2", "MCX_COMM:114"], master_loaded=True,
+                          symbols=[None, None], remembered=[None, None],
+                          segments=frozenset({"NSE_EQ", "IDX_I"}))
+    assert mixed.fetch == ["MCX_COMM:114"] and mixed.missing == {"NSE_EQ:2": UNKNOWN_INSTRUMENT}
 
 
 # --- the limiter -------------------------------------------------------------------------------
@@ -342,10 +347,10 @@ def test_with_a_master_loaded_unknown_instruments_cost_no_call(
     redis_client.delete("ltp:NSE_EQ:424242")
 
     load_master(SAMPLE_PATH, redis=redis_client)
-    body = api.get_prices("keys=NSE_EQ:2885,NSE_EQ:424242,NSE_FNO:7").json()
+    body = api.get_prices("keys=NSE_EQ:2885,NSE_EQ:424242,IDX_I:7").json()
     assert body["prices"] == {"NSE_EQ:2885": 2450.1}
     assert body["missing"] == {"NSE_EQ:424242": "unknown_instrument",
-                               "NSE_FNO:7": "unknown_instrument"}  # fmt: skip
+                               "IDX_I:7": "unknown_instrument"}  # fmt: skip
     assert len(rest.calls) == 2
     assert rest.calls[1]["body"] == {"NSE_EQ": [2885], "dhanClientId": CLIENT_ID}
     # Only unknown keys: no call at all.

@@ -218,6 +218,20 @@ def test_unknown_instruments_are_refused_only_while_a_master_is_loaded(
     assert (full.ok, full.added, full.unknown, full.total) == (True, [], ["K:9"], 3)
 
 
+def test_a_segment_the_master_does_not_list_is_not_unknown(redis_client: redis.Redis) -> None:
+    """A load keeps only INSTRUMENT_SEGMENTS: an MCX key is not in the master because its
+    segment was not loaded, not because Dhan does not know it."""
+    from core.instrument_master import SAMPLE_PATH, load_master
+
+    load_master(SAMPLE_PATH, redis=redis_client)
+    assert {m.decode() for m in redis_client.smembers(names.INSTRUMENT_SEGMENTS_KEY)} == {
+        "IDX_I", "NSE_EQ"}
+    registry = ConnectionRegistry(redis=redis_client, shards=1)
+    registry.connect("c", meta={})
+    result = registry.subscribe("c", ["NSE_EQ:2885", "NSE_EQ:990001", "MCX_COMM:114"])
+    assert (result.added, result.unknown) == (["NSE_EQ:2885", "MCX_COMM:114"], ["NSE_EQ:990001"])
+
+
 def test_the_message_bucket_limits_then_drops_then_disconnects(redis_client: redis.Redis) -> None:
     registry = ConnectionRegistry(redis=redis_client, shards=1)
     rate = MessageRate(per_second=1.0, burst=3, strikes=2)
