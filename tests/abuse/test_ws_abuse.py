@@ -235,7 +235,8 @@ async def test_ping_spam_gets_one_error_then_silence_then_is_disconnected(
         assert limited["code"] == "rate_limited" and limited["retry_after_ms"] == 1000
         assert received[-1] == limited  # silence after it
         pongs = [m for m in received if m["type"] == "pong"]
-        assert 20 <= len(pongs) == len(received) - 1 < 30, len(pongs)  # the burst, ~no more
+        # The burst, and what refilled (5/s) while a loaded machine handled it; then nothing.
+        assert 20 <= len(pongs) == len(received) - 1 < 50, len(pongs)
         assert sent > len(received) * 3  # most were dropped unanswered
         # Forgotten: the registry, its per-address slot; the neighbour is untouched.
         await wait_for(lambda: spam_id not in registered(redis_client))
