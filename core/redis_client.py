@@ -50,6 +50,13 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 SCHEMES = ("redis://", "rediss://", "unix://")
+# KEYS[1]: a lock or lease, ARGV[1]: the owner's token. Deletes the key only while that owner
+# still holds it (one that expired and was taken by another is left alone); returns 1 when
+# deleted. The one compare-and-delete of the project: leases, locks and shares release by it.
+RELEASE_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 # What a deployable needs in AWS to reach the cache: Lambdas read the token's secret, the
 # Fargate containers get the token injected by ECS.
 LAMBDA_REDIS_ENV = ("REDIS_URL", "REDIS_AUTH_SECRET_ARN")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from core.names import DHAN_REST_CALLER_PREFIX, DHAN_REST_RATELIMIT_KEY
+from core.redis_client import RELEASE_IF_OWNER
 
 # Returns {1, seconds, microseconds} (the server's TIME at the grant) when the SET NX took the
 # slot for us, else {0, wait_ms} with wait_ms >= 1. TIME comes after the write, which even
@@ -88,10 +89,6 @@ end
 return {0, ttl}
 """
 
-_REFUND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 MIN_WAIT = 0.001
 CALLER_KEY_PREFIX = DHAN_REST_CALLER_PREFIX
@@ -182,7 +179,7 @@ class RateLimiter:
     def refund_share(self) -> None:
         """Give the caller's share back, if this limiter's last grant still holds it."""
         if self._caller_key is not None and self._share_token:
-            self._redis.eval(_REFUND, 1, self._caller_key, self._share_token)
+            self._redis.eval(RELEASE_IF_OWNER, 1, self._caller_key, self._share_token)
             self._share_taken, self._share_token = False, ""
 
     def try_acquire(self) -> float:

@@ -49,7 +49,7 @@ from core.names import (
     stream_key,
     stream_name,
 )
-from core.redis_client import as_text
+from core.redis_client import RELEASE_IF_OWNER, as_text
 from core.stream_record import StreamRecord, parse_stream_record
 from functions.errors import RegistryBusy, ScalingError, StreamError, StreamLimitError
 
@@ -64,10 +64,6 @@ STREAMS_CHANGED = "streams_changed"
 
 LOCK_TTL_MS = 15_000
 LOCK_WAIT_SECONDS = 3.0
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 # KEYS[1]: the index, KEYS[2..]: the records of ARGV's names. Removes each name whose record
 # does not exist now (atomically: a record written since the reader's MGET keeps its name).
@@ -359,7 +355,7 @@ def registry_lock(*, redis: Redis, wait: float = LOCK_WAIT_SECONDS) -> Iterator[
     try:
         yield
     finally:
-        redis.eval(_RELEASE, 1, STREAM_REGISTRY_LOCK_KEY, token)
+        redis.eval(RELEASE_IF_OWNER, 1, STREAM_REGISTRY_LOCK_KEY, token)
 
 
 def _differs(before: Stream | None, after: Stream) -> bool:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.names import STREAMER_LEASE_KEY
-from core.redis_client import as_text
+from core.redis_client import RELEASE_IF_OWNER, as_text
 from streamer.aio import raise_if_cancelled
 from streamer.errors import LeaseLostError
 
@@ -33,10 +33,6 @@ elseif not holder then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -56,7 +52,7 @@ class Lease:
         self._ttl_ms = max(1, int(ttl * 1000))
         self.interval = ttl / 3
         self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._release = redis.register_script(RELEASE_IF_OWNER)
         self.held = False
 
     async def holder(self) -> str | None:

@@ -48,6 +48,7 @@ from core.dhan_token import token_expiry
 from core.emf import emf_line
 from core.errors import SecretError
 from core.messages import IST
+from core.redis_client import RELEASE_IF_OWNER
 from core.secrets import (
     DHAN_TOKEN_FIELDS,
     PLACEHOLDER_CLIENT_ID,
@@ -64,10 +65,6 @@ SERVICE = "token"
 LOCK_MS = 60_000
 TOKEN_LIFETIME_SECONDS = 86400.0  # Dhan's access tokens live 24 h
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 Result = Literal["renewed", "skipped", "expired", "locked", "failed", "unconfigured"]
 
@@ -291,7 +288,7 @@ class TokenRenewer:
     # -- Redis and metrics -----------------------------------------------------------------
     def _release(self, owner: str) -> None:
         try:
-            self._redis.eval(_RELEASE, 1, names.TOKEN_RENEW_LOCK_KEY, owner)
+            self._redis.eval(RELEASE_IF_OWNER, 1, names.TOKEN_RENEW_LOCK_KEY, owner)
         except Exception as exc:  # noqa: BLE001 - the lock expires by itself
             log.warning("renewal lock not released (%s); it expires in %d s",
                         type(exc).__name__, LOCK_MS // 1000)
