@@ -39,34 +39,18 @@ from redis import Redis
 from core.names import DHAN_REST_CALLER_PREFIX, DHAN_REST_RATELIMIT_KEY
 from core.redis_client import RELEASE_IF_OWNER
 
+# KEYS: the deployment's slot[, the caller's share]. ARGV: token, interval ms[, caller interval
+# ms, 1 when the caller's share must be free (a request's first slot), else 0].
 # Returns {1, seconds, microseconds} (the server's TIME at the grant) when the SET NX took the
-# slot for us, else {0, wait_ms} with wait_ms >= 1. TIME comes after the write, which even
-# verbatim script replication (Redis < 5) allows.
+# slot for us (and, with a share, the share too), {0, wait_ms} while the deployment's slot is
+# taken, {2, wait_ms} while the caller's share is (both waits >= 1 ms). TIME comes after the
+# write, which even verbatim script replication (Redis < 5) allows.
 _ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local now = redis.call('TIME')
-  return {1, now[1], now[2]}
-end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl == -1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  ttl = tonumber(ARGV[2])
-end
-if ttl < 1 then
-  ttl = 1
-end
-return {0, ttl}
-"""
-
-# KEYS: the deployment's slot, the caller's share. ARGV: token, interval ms, caller interval ms,
-# 1 when the caller's share must be free (a request's first slot), else 0.
-# Returns {1, seconds, microseconds} on a grant, {0, wait_ms} while the deployment's slot is
-# taken, {2, wait_ms} while the caller's share is (both waits >= 1 ms).
-_ACQUIRE_SHARED = """
-if ARGV[4] == '1' then
-  local held = redis.call('PTTL', KEYS[2])
+local share = KEYS[2]
+if share and ARGV[4] == '1' then
+  local held = redis.call('PTTL', share)
   if held == -1 then
-    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    redis.call('PEXPIRE', share, ARGV[3])
     held = tonumber(ARGV[3])
   end
   if held > 0 then
@@ -74,7 +58,7 @@ if ARGV[4] == '1' then
   end
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+  if share then redis.call('SET', share, ARGV[1], 'PX', ARGV[3]) end
   local now = redis.call('TIME')
   return {1, now[1], now[2]}
 end
@@ -88,7 +72,6 @@ if ttl < 1 then
 end
 return {0, ttl}
 """
-
 
 MIN_WAIT = 0.001
 CALLER_KEY_PREFIX = DHAN_REST_CALLER_PREFIX
@@ -156,7 +139,7 @@ class RateLimiter:
         self._share_taken = False
         self._share_token = ""
         self.refusal: Attempt | None = None
-        self._script = redis.register_script(_ACQUIRE_SHARED if self._caller_key else _ACQUIRE)
+        self._script = redis.register_script(_ACQUIRE)
 
     @property
     def caller_interval(self) -> float:
