@@ -25,7 +25,6 @@ and one ECS call per `HEALTH_ECS_CACHE_SECONDS`, not one per request.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import time
 import uuid
 from collections.abc import Callable
@@ -39,32 +38,18 @@ from functions.api.keys import MAX_BODY_BYTES, check_declared_length, keys_from_
 from functions.api.observability import LambdaHandler, event_request_id, logger, request_done
 from functions.api.payloads import prices_request
 from functions.api.prices import fetch_missing, prices_answer, read_cache
+from functions.api.tokens import UNKNOWN_REQUESTER, requester
 
 HOT_PATH = "/api/v1/current_prices"
 HEALTH_PATH = "/api/v1/health/market_stream"
-IPV6_CALLER_PREFIX = 64  # one subscriber's allocation: a caller cannot be 2**64 callers
 
 
 def caller_of(event: dict[str, Any]) -> str | None:
-    """Pure: who sent an HTTP API v2 event, for the REST share: `sub:<JWT subject>` when an
-    authorizer passed one, else `ip:<source IP>` (IPv6 by its /64), else None."""
-    context = event.get("requestContext") or {}
-    authorizer = context.get("authorizer")
-    jwt = authorizer.get("jwt") if isinstance(authorizer, dict) else None
-    claims = jwt.get("claims") if isinstance(jwt, dict) else None
-    subject = claims.get("sub") if isinstance(claims, dict) else None
-    if isinstance(subject, str) and subject:
-        return f"sub:{subject}"
-    source = (context.get("http") or {}).get("sourceIp")
-    if not isinstance(source, str) or not source:
-        return None
-    try:
-        address = ipaddress.ip_address(source)
-    except ValueError:
-        return f"ip:{source}"
-    if address.version == 6:
-        return f"ip:{ipaddress.ip_network(f'{address}/{IPV6_CALLER_PREFIX}', strict=False)}"
-    return f"ip:{address}"
+    """Pure: who sent an HTTP API v2 event, for the REST share: the one requester rule of
+    `functions.api.tokens` (`sub:<JWT subject>`, else `ip:<address>`, IPv6 by its /64), None
+    when neither is known."""
+    counted = requester(event).counted_as
+    return None if counted == UNKNOWN_REQUESTER else counted
 
 
 class LambdaRouter:

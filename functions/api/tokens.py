@@ -23,6 +23,7 @@ route throttle (infra/http_api.py) bounds bursts of the route as a whole.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ WINDOW_SECONDS = 60
 LIMIT_PREFIX = "ws_token:limit:"
 # Longer subjects (OIDC allows 255 characters of anything) are hashed into the key.
 MAX_KEY_PART = 100
+IPV6_PREFIX = 64  # one subscriber's allocation: a caller cannot be 2**64 callers
+UNKNOWN_REQUESTER = "unknown"  # `counted_as` of a request with neither a subject nor an address
 
 
 class SignInRequired(ApiError):
@@ -84,8 +87,19 @@ def requester(event: Mapping[str, Any] | None, *, client_host: str | None = None
         raise SignInRequired()
     if source_ip:
         return Requester(subject=f"ip:{source_ip}", source_ip=source_ip,
-                         counted_as=f"ip:{source_ip}")  # fmt: skip
-    return Requester(subject="browser", source_ip=None, counted_as="unknown")
+                         counted_as=f"ip:{counted_address(source_ip)}")  # fmt: skip
+    return Requester(subject="browser", source_ip=None, counted_as=UNKNOWN_REQUESTER)
+
+
+def counted_address(source_ip: str) -> str:
+    """An address as one requester: an IPv6 address by its /64, anything else as it is."""
+    try:
+        address = ipaddress.ip_address(source_ip)
+    except ValueError:
+        return source_ip
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/{IPV6_PREFIX}", strict=False))
+    return str(address)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
