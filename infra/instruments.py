@@ -29,7 +29,6 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_scheduler as scheduler
-from aws_cdk import aws_scheduler_targets as targets
 from constructs import Construct
 
 from infra.lambda_function import PythonFunction
@@ -83,26 +82,19 @@ class InstrumentMaster(Construct):
         self.function = self.handler.function
 
         hour, minute = load_at
-        self.schedule = scheduler.Schedule(
+        self.schedule = self.handler.invoke_on_schedule(
             self,
             "Daily",
             description=f"LTP instrument-master load at {hour:02d}:{minute:02d} IST, {WEEKDAYS}",
-            schedule=scheduler.ScheduleExpression.cron(
+            expression=scheduler.ScheduleExpression.cron(
                 minute=str(minute),
                 hour=str(hour),
                 week_day=WEEKDAYS,
                 time_zone=TimeZone.ASIA_KOLKATA,
             ),
-            target=targets.LambdaInvoke(
-                self.function,
-                input=scheduler.ScheduleTargetInput.from_object(
-                    {"source": "schedule",
-                     "scheduledTime": scheduler.ContextAttribute.scheduled_time}
-                ),  # fmt: skip
-                retry_attempts=3,
-                max_event_age=Duration.minutes(15),
-            ),
-            time_window=scheduler.TimeWindow.off(),
+            payload={"source": "schedule"},
+            retry_attempts=3,
+            max_event_age=Duration.minutes(15),
         )
 
         self.trigger = triggers.Trigger(

@@ -7,12 +7,15 @@ handler string, environment, memory and timeout.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_scheduler_targets as targets
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
@@ -63,6 +66,38 @@ class PythonFunction(Construct):
             retry_attempts=async_retry_attempts,
             max_event_age=max_event_age,
             dead_letter_queue=dead_letter_queue,
+        )
+
+    def invoke_on_schedule(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        description: str,
+        expression: scheduler.ScheduleExpression,
+        payload: Mapping[str, Any],
+        retry_attempts: int,
+        max_event_age: Duration,
+        enabled: bool = True,
+    ) -> scheduler.Schedule:
+        """An EventBridge Scheduler schedule invoking this function (asynchronously) with
+        `payload` plus `scheduledTime`: the planned time, not the (possibly retried) delivery
+        time, is what a run reasons about. No flexible window: a run is due when planned."""
+        return scheduler.Schedule(
+            scope,
+            construct_id,
+            description=description,
+            schedule=expression,
+            target=targets.LambdaInvoke(
+                self.function,
+                input=scheduler.ScheduleTargetInput.from_object(
+                    {**payload, "scheduledTime": scheduler.ContextAttribute.scheduled_time}
+                ),
+                retry_attempts=retry_attempts,
+                max_event_age=max_event_age,
+            ),
+            time_window=scheduler.TimeWindow.off(),
+            enabled=enabled,
         )
 
     def errors_alarm(self, scope: Construct, construct_id: str, *,

@@ -16,7 +16,6 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_scheduler as scheduler
-from aws_cdk import aws_scheduler_targets as targets
 from constructs import Construct
 
 from infra.lambda_function import PythonFunction
@@ -65,29 +64,19 @@ class MarketSchedule(Construct):
         self, construct_id: str, action: str, at: tuple[int, int], enabled: bool
     ) -> scheduler.Schedule:
         hour, minute = at
-        return scheduler.Schedule(
+        # The planned time (`scheduledTime`), not the delivery time, decides the trading day.
+        return self.handler.invoke_on_schedule(
             self,
             construct_id,
             description=f"LTP streamer {action} at {hour:02d}:{minute:02d} IST, {WEEKDAYS}",
-            schedule=scheduler.ScheduleExpression.cron(
+            expression=scheduler.ScheduleExpression.cron(
                 minute=str(minute),
                 hour=str(hour),
                 week_day=WEEKDAYS,
                 time_zone=TimeZone.ASIA_KOLKATA,
             ),
-            target=targets.LambdaInvoke(
-                self.function,
-                input=scheduler.ScheduleTargetInput.from_object(
-                    {
-                        "action": action,
-                        # The planned time, not the (possibly retried) delivery time, decides
-                        # which trading day this is.
-                        "scheduledTime": scheduler.ContextAttribute.scheduled_time,
-                    }
-                ),
-                retry_attempts=3,
-                max_event_age=Duration.minutes(15),
-            ),
-            time_window=scheduler.TimeWindow.off(),
+            payload={"action": action},
+            retry_attempts=3,
+            max_event_age=Duration.minutes(15),
             enabled=enabled,
         )

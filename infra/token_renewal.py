@@ -38,7 +38,6 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_scheduler as scheduler
-from aws_cdk import aws_scheduler_targets as targets
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
@@ -115,24 +114,15 @@ class TokenRenewal(Construct):
         )
         self.function = self.handler.function
 
-        self.schedule = scheduler.Schedule(
+        self.schedule = self.handler.invoke_on_schedule(
             self,
             "HalfHourly",
             description="LTP DhanHQ token renewal check, every 30 minutes",
-            schedule=scheduler.ScheduleExpression.rate(RATE),
-            target=targets.LambdaInvoke(
-                self.function,
-                input=scheduler.ScheduleTargetInput.from_object(
-                    {
-                        "source": "schedule",
-                        "scheduledTime": scheduler.ContextAttribute.scheduled_time,
-                    }
-                ),
-                retry_attempts=SCHEDULE_RETRIES,
-                # Older than this, a delivery only crowds the next run.
-                max_event_age=SCHEDULE_MAX_EVENT_AGE,
-            ),
-            time_window=scheduler.TimeWindow.off(),
+            expression=scheduler.ScheduleExpression.rate(RATE),
+            payload={"source": "schedule"},
+            retry_attempts=SCHEDULE_RETRIES,
+            # Older than this, a delivery only crowds the next run.
+            max_event_age=SCHEDULE_MAX_EVENT_AGE,
         )
 
         self.seconds_left = cloudwatch.Metric(
