@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from typing import Any
 
 
-def token_expiry(token: str) -> float | None:
-    """The `exp` claim of a JWT-shaped token, in epoch seconds; None when there is none."""
+def token_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a JWT-shaped token (unverified), or None when `token` is not one."""
     parts = token.strip().split(".")
     if len(parts) != 3 or not parts[1]:
         return None
@@ -23,9 +24,13 @@ def token_expiry(token: str) -> float | None:
         claims = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
     except (ValueError, UnicodeError, binascii.Error):
         return None
-    if not isinstance(claims, dict):
-        return None
-    exp = claims.get("exp")
+    return claims if isinstance(claims, dict) else None
+
+
+def token_expiry(token: str) -> float | None:
+    """The `exp` claim of a JWT-shaped token, in epoch seconds; None when there is none."""
+    claims = token_claims(token)
+    exp = claims.get("exp") if claims else None
     if isinstance(exp, bool) or not isinstance(exp, int | float):
         return None
     return float(exp)

@@ -19,7 +19,6 @@ and randomness makes two tokens minted in the same second differ.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import secrets
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from core.dhan_token import token_claims, token_expiry
 from core.messages import IST
 from local.dhan_sim.protocol import AUTH_FAILED, TOKEN_EXPIRED, TOKEN_INVALID
 
@@ -73,26 +73,9 @@ def encode_jwt(claims: dict[str, Any]) -> str:
     return f"{header}.{payload}.{secrets.token_urlsafe(64)}"
 
 
-def jwt_claims(token: str) -> dict[str, Any] | None:
-    """The payload of a JWT-shaped token, or None when `token` is not one."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    padded = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(padded))
-    except (ValueError, binascii.Error):
-        return None
-    return claims if isinstance(claims, dict) else None
-
-
-def expiry_of(token: str) -> float | None:
-    """The `exp` of a JWT, or None for a token without one (it never expires)."""
-    claims = jwt_claims(token)
-    exp = claims.get("exp") if claims else None
-    if isinstance(exp, bool) or not isinstance(exp, int | float):
-        return None
-    return float(exp)
+# What a token says about itself is read as the deployables read it (`core.dhan_token`).
+jwt_claims = token_claims
+expiry_of = token_expiry
 
 
 class TokenAuthority:
