@@ -69,6 +69,19 @@ SAMPLE_WATCHLIST = "sample"
 NO_WATCHLIST = "none"
 # How long DhanHQ's access tokens live.
 TOKEN_LIFETIME_SECONDS = 86400
+# Memory (GiB) of the ElastiCache node types a deployment is likely to pick; the registry's cap
+# on connections follows it (`ws_max_connections`).
+NODE_MEMORY_GIB = {
+    "cache.t4g.micro": 0.5, "cache.t3.micro": 0.5,
+    "cache.t4g.small": 1.37, "cache.t3.small": 1.37,
+    "cache.t4g.medium": 3.09, "cache.t3.medium": 3.09,
+}  # fmt: skip
+# What one connection can hold at most (bench/bench_abuse.py: ~690 B of its own + 500 keys of
+# ~90 B each), and the share of the node the registry may take: prices, streams and the lease
+# must never be evicted by a connection flood.
+CONNECTION_WORST_BYTES = 690 + 500 * 90
+REGISTRY_MEMORY_SHARE = 0.5
+MAX_WS_CONNECTIONS = 20_000
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _T = TypeVar("_T")
 
@@ -208,6 +221,16 @@ class DeploySettings:
         if not self.oidc_issuer:
             return None
         return Oidc(self.oidc_issuer, self.oidc_audience_list, self.oidc_protect_prices)
+
+    @property
+    def ws_max_connections(self) -> int:
+        """The WebSocket registry's cap (WS_MAX_CONNECTIONS), sized so that connections at
+        their key cap fill at most half the cache node; 20,000 on a node not listed."""
+        gib = NODE_MEMORY_GIB.get(self.cache_node_type)
+        if gib is None:
+            return MAX_WS_CONNECTIONS
+        fits = int(gib * 2**30 * REGISTRY_MEMORY_SHARE / CONNECTION_WORST_BYTES)
+        return max(1000, min(MAX_WS_CONNECTIONS, fits // 1000 * 1000))
 
     @property
     def watchlist_keys(self) -> str:

@@ -146,8 +146,10 @@ class LtpStack(Stack):
             "REDIS_AUTH_SECRET_ARN": self.cache.auth_secret.secret_arn,
             "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
         }
-        # The WebSocket handlers and the fan-out must agree on the shard count.
-        realtime_env = {**base_env, "WS_SHARDS": str(settings.ws_shards)}
+        # The WebSocket handlers and the fan-out must agree on the shard count; the registry's
+        # cap on connections follows the cache node's memory.
+        realtime_env = {**base_env, "WS_SHARDS": str(settings.ws_shards),
+                        "WS_MAX_CONNECTIONS": str(settings.ws_max_connections)}
 
         self.websocket = WebSocketApi(
             self,

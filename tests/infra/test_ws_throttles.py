@@ -24,3 +24,15 @@ def test_connect_has_its_own_bucket_and_the_stage_exists_after_the_route(
                if r["Properties"]["ApiId"] == {"Ref": api}
                and r["Properties"]["RouteKey"] == "$connect"]
     assert connect and set(connect) <= set(stage.get("DependsOn", [])), stage_id
+
+
+def test_the_registry_cap_fits_the_cache_node(synthesized: Synthesized) -> None:
+    """Connections at their 500-key cap fill at most half the node: 5,000 on the default
+    cache.t4g.micro (0.5 GiB), the handlers' own 20,000 only on a node with room for it."""
+    from infra.settings import DeploySettings
+
+    props = synthesized.resource(synthesized.stack.websocket.connect.function)["Properties"]
+    assert props["Environment"]["Variables"]["WS_MAX_CONNECTIONS"] == "5000"
+    assert DeploySettings(cache_node_type="cache.t4g.small").ws_max_connections == 16_000
+    assert DeploySettings(cache_node_type="cache.t4g.medium").ws_max_connections == 20_000
+    assert DeploySettings(cache_node_type="cache.r7g.large").ws_max_connections == 20_000
